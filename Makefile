@@ -1,0 +1,72 @@
+# kubevirt-qat-hook developer targets. `make demo` and `make test` create .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+IMAGE ?= ghcr.io/kubevirt-qat-hook/kubevirt-qat-hook
+TAG ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' hook_sidecar/__init__.py)
+DEMO_DEVICE ?= 0000:3d:02.2
+
+.PHONY: help demo test lint typecheck unit proto proto-check fuzz bench image image-push image-test clean
+
+help:
+	@echo "make demo        transform the bundled example domain and show the diff"
+	@echo "make test        unit, property, libvirt and gRPC tests, then ruff and mypy"
+	@echo "make proto       regenerate the committed gRPC modules from proto/"
+	@echo "make bench       run the benchmarks"
+	@echo "make fuzz        long fuzzing campaign (100k inputs)"
+	@echo "make image       build the container image ($(IMAGE):$(TAG))"
+	@echo "make image-push  push it"
+	@echo "make image-test  build the image from a local Debian base and drive it over gRPC"
+
+$(VENV)/.demo: setup.cfg pyproject.toml
+	PYTHON=$(PYTHON) scripts/system-deps.sh demo
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q .
+	touch $@
+
+$(VENV)/.test: setup.cfg pyproject.toml
+	PYTHON=$(PYTHON) scripts/system-deps.sh test
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.demo
+
+demo: $(VENV)/.demo
+	$(PY) -m pip install -q --no-deps .
+	$(VENV)/bin/qat-hook transform examples/domain.xml --vmi examples/vmi.json \
+		--device $(DEMO_DEVICE) --verify-sysfs off --diff
+
+unit: $(VENV)/.test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check hook_sidecar tests benchmarks scripts
+	$(VENV)/bin/ruff format --check hook_sidecar tests benchmarks
+
+typecheck: $(VENV)/.test
+	$(VENV)/bin/mypy
+
+test: unit lint typecheck
+
+proto: $(VENV)/.test
+	$(PY) scripts/gen_proto.py
+
+fuzz: $(VENV)/.test
+	$(PY) tests/fuzz/fuzz_hook.py -runs=100000
+
+bench: $(VENV)/.test
+	$(PY) benchmarks/bench_transform.py
+	$(PY) benchmarks/bench_sidecar.py
+
+image:
+	scripts/image.sh build $(IMAGE) $(TAG)
+
+image-push:
+	scripts/image.sh push $(IMAGE) $(TAG)
+
+image-test: $(VENV)/.test
+	scripts/image-test.sh
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,60 @@
+"""OnDefineDomain as plain Python: VMI and domain in, domain out.
+
+Shared by the gRPC callbacks (legacy and plugin), the sidecar-shim script and
+``qat-hook transform``, so all of them decide and write exactly alike. No grpc
+here; errors are the typed ones from ``errors`` and the adapters map them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hook_sidecar import discovery, vmi as vmis
+from hook_sidecar.pci import PciAddress
+from hook_sidecar.transform import TransformOptions, TransformResult, transform
+from hook_sidecar.settings import host_devices
+
+
+@dataclass(frozen=True)
+class HookSettings:
+    """What a running hook needs besides the request: fixed at start-up."""
+
+    discovery: discovery.DiscoveryConfig
+    transform: TransformOptions
+    guest_addresses: Mapping[PciAddress, PciAddress]
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    domain_xml: bytes
+    vmi_name: str
+    discovery: discovery.Discovery
+    result: TransformResult | None
+    duration_ms: float
+
+
+def on_define_domain(
+    domain_xml: bytes,
+    vmi_json: bytes | str | None,
+    env: Mapping[str, str],
+    settings: HookSettings,
+) -> HookOutcome:
+    """Decide, discover and transform. A VMI that asks for nothing gets its bytes back."""
+    started = time.perf_counter()
+    vmi = vmis.parse_vmi(vmi_json or b"")
+    found = discovery.discover(vmi, env, settings.discovery, require_request=vmi_json is not None)
+    result = None
+    output = domain_xml
+    if found.wanted and found.devices:
+        devices = host_devices(found.devices, settings.guest_addresses)
+        result = transform(domain_xml, devices, settings.transform)
+        output = result.xml
+    return HookOutcome(
+        domain_xml=output,
+        vmi_name=vmis.display_name(vmi),
+        discovery=found,
+        result=result,
+        duration_ms=(time.perf_counter() - started) * 1000,
+    )
