@@ -189,7 +189,8 @@ def run_transform(args: argparse.Namespace) -> int:
 
 
 def run_discover(args: argparse.Namespace) -> int:
-    from hook_sidecar import discovery, vmi as vmis
+    from hook_sidecar import discovery
+    from hook_sidecar import vmi as vmis
 
     vmi = vmis.parse_vmi(_read(args.vmi, "VMI"))
     found = discovery.discover(vmi, discovery.env_snapshot(), settings.discovery_config(args))

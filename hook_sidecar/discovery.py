@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -58,9 +58,19 @@ class Found:
     numa: tuple[NumaInfo, ...] = ()
 
 
-# A source takes the discovery inputs and returns what it found (possibly
-# nothing) plus a description of where it looked, for the "nothing found" message.
-Source = Callable[["Inputs"], tuple[Found | None, str]]
+@dataclass(frozen=True)
+class Looked:
+    """One source's answer: what it found (maybe nothing), where it looked, what went wrong.
+
+    ``where`` feeds the "nothing found" message, which lists every place looked at.
+    """
+
+    found: Found | None
+    where: str
+    warnings: tuple[str, ...] = ()
+
+
+Source = Callable[["Inputs"], Looked]
 
 
 @dataclass(frozen=True)
@@ -141,22 +151,22 @@ def _dedupe(addresses: Iterable[PciAddress]) -> tuple[PciAddress, ...]:
 # --- the sources ---------------------------------------------------------------------
 
 
-def from_override(inputs: Inputs) -> tuple[Found | None, str]:
+def from_override(inputs: Inputs) -> Looked:
     where = f"--device options and {DEVICES_ENV}"
     if inputs.config.devices:
-        return Found("override", "--device", _dedupe(inputs.config.devices)), where
+        return Looked(Found("override", "--device", _dedupe(inputs.config.devices)), where)
     raw = inputs.env.get(DEVICES_ENV, "")
     devices = parse_address_list(raw, DEVICES_ENV)
     if devices:
-        return Found("override", DEVICES_ENV, _dedupe(devices)), where
-    return None, f"{where} (not set)"
+        return Looked(Found("override", DEVICES_ENV, _dedupe(devices)), where)
+    return Looked(None, f"{where} (not set)")
 
 
 _QAT_VAR_RE = re.compile(r"^QAT(\d+)$")
 _PREFIXES = ("PCI_RESOURCE_", "PCIDEVICE_")
 
 
-def from_environment(inputs: Inputs) -> tuple[Found | None, str]:
+def from_environment(inputs: Inputs) -> Looked:
     env = inputs.env
     patterns = [mangle_resource(p) for p in inputs.config.resource_patterns]
     used: list[str] = []
@@ -180,8 +190,8 @@ def from_environment(inputs: Inputs) -> tuple[Found | None, str]:
     shown = ", ".join(f"{prefix}{p}" for prefix in _PREFIXES for p in patterns)
     where = f"device-plugin variables QAT<N>, {shown}"
     if not devices:
-        return None, f"{where} (none set in this container)"
-    return Found("environment", ", ".join(used), _dedupe(devices)), where
+        return Looked(None, f"{where} (none set in this container)")
+    return Looked(Found("environment", ", ".join(used), _dedupe(devices)), where)
 
 
 def _dra_metadata_files(root: Path, vmi: vmis.Vmi) -> tuple[list[Path], str]:
@@ -220,11 +230,11 @@ def _pci_bus_ids(document: Any, path: Path) -> list[PciAddress]:
     return addresses
 
 
-def from_dra(inputs: Inputs) -> tuple[Found | None, str]:
+def from_dra(inputs: Inputs) -> Looked:
     root = inputs.config.dra_root
     where = f"DRA metadata under {root}"
     if not root.is_dir():
-        return None, f"{where} (no such directory)"
+        return Looked(None, f"{where} (no such directory)")
     files, scope = _dra_metadata_files(root, inputs.vmi)
     devices: list[PciAddress] = []
     used = []
@@ -238,19 +248,21 @@ def from_dra(inputs: Inputs) -> tuple[Found | None, str]:
             used.append(str(path.relative_to(root)))
             devices.extend(found)
     if not devices:
-        return None, f"{where} ({scope}: no device with {PCI_BUS_ID_ATTRIBUTE})"
-    return Found("dra", ", ".join(used), _dedupe(devices)), where
+        return Looked(None, f"{where} ({scope}: no device with {PCI_BUS_ID_ATTRIBUTE})")
+    return Looked(Found("dra", ", ".join(used), _dedupe(devices)), where)
 
 
-def from_vmi_annotation(inputs: Inputs) -> tuple[Found | None, str]:
+def from_vmi_annotation(inputs: Inputs) -> Looked:
     where = f"VMI annotation {vmis.DEVICES_ANNOTATION}"
-    raw = str(vmis.annotations(inputs.vmi).get(vmis.DEVICES_ANNOTATION, ""))
+    raw = str(vmis.annotations_of(inputs.vmi).get(vmis.DEVICES_ANNOTATION, ""))
     if not inputs.config.allow_vmi_devices:
-        return None, f"{where} (ignored: start the sidecar with --allow-vmi-devices to use it)"
+        return Looked(
+            None, f"{where} (ignored: start the sidecar with --allow-vmi-devices to use it)"
+        )
     devices = parse_address_list(raw, f"annotation {vmis.DEVICES_ANNOTATION}")
     if not devices:
-        return None, f"{where} (not set)"
-    return Found("vmi-annotation", vmis.DEVICES_ANNOTATION, _dedupe(devices)), where
+        return Looked(None, f"{where} (not set)")
+    return Looked(Found("vmi-annotation", vmis.DEVICES_ANNOTATION, _dedupe(devices)), where)
 
 
 def sources(config: DiscoveryConfig) -> list[tuple[str, Source]]:
@@ -335,13 +347,15 @@ def discover(
         if winner is not None and name == "podresources":
             continue  # a network call only to compare: not worth a slower VM start
         try:
-            found, where = source(inputs)
+            answer = source(inputs)
         except InvalidInput as err:
             if winner is None:
                 raise
             warnings.append(f"ignored {name} source: {err}")
             continue
-        looked.append(where)
+        looked.append(answer.where)
+        warnings.extend(answer.warnings)
+        found = answer.found
         if found is None:
             continue
         if winner is None:
@@ -418,7 +432,3 @@ def describe(discovery: Discovery) -> str:
             lines.append(f"  device:   {address}{suffix}")
     lines.extend(f"warning: {warning}" for warning in discovery.warnings)
     return "\n".join(lines)
-
-
-def known_sources() -> Sequence[str]:
-    return ("override", "environment", "podresources", "dra", "vmi-annotation")

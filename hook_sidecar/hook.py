@@ -11,10 +11,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hook_sidecar import discovery, vmi as vmis
+from hook_sidecar import discovery
+from hook_sidecar import vmi as vmis
 from hook_sidecar.pci import PciAddress
-from hook_sidecar.transform import TransformOptions, TransformResult, transform
 from hook_sidecar.settings import host_devices
+from hook_sidecar.transform import TransformOptions, TransformResult, transform
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
@@ -144,7 +144,7 @@ def _parse(data: bytes) -> tuple[bytes, etree._Element]:
         data = _to_utf8(data, encoding)
         root = _parse_bytes(data)
         docinfo = root.getroottree().docinfo
-    if docinfo.doctype:
+    if docinfo.doctype:  # type: ignore[attr-defined]  # lxml-stubs lags lxml
         data, root = _drop_bare_doctype(data, root)
     return data, root
 
@@ -178,9 +178,11 @@ def _drop_bare_doctype(data: bytes, root: etree._Element) -> tuple[bytes, etree.
     docinfo = root.getroottree().docinfo
     dtd = docinfo.internalDTD
     declares = dtd is not None and (
-        any(True for _ in dtd.iterentities()) or any(True for _ in dtd.iterelements())
+        any(True for _ in dtd.iterentities())  # type: ignore[attr-defined]
+        or any(True for _ in dtd.iterelements())  # type: ignore[attr-defined]
     )
-    if docinfo.system_url or docinfo.public_id or declares:
+    external = docinfo.system_url or docinfo.public_id  # type: ignore[attr-defined]
+    if external or declares:
         raise UnsafeXml(
             "domain XML has a DOCTYPE with entity declarations or an external DTD; "
             "entities are never expanded or fetched: send the plain libvirt domain XML "
@@ -208,6 +210,7 @@ def _drop_bare_doctype(data: bytes, root: etree._Element) -> tuple[bytes, etree.
 _HIDING = ((b"<!--", b"-->"), (b"<![CDATA[", b"]]>"), (b"<?", b"?>"))
 _ATTRS = rb"(?:\s+[^\s=/>]+\s*=\s*(?:\"[^\"]*\"|'[^']*'))*"
 _END_TAIL = re.compile(rb"\s*>")
+_BARE_DOCTYPE = re.compile(rb"<!DOCTYPE\s+[^\s>\[]+\s*>")
 
 
 def _hidden_spans(data: bytes) -> list[tuple[int, int]]:
@@ -428,9 +431,19 @@ _GUEST_ADDRESSES = etree.XPath("devices/*/address[@type='pci']")
 _ALIASES = etree.XPath("devices/*/alias/@name")
 
 
+def _elements(query: etree.XPath, root: etree._Element) -> list[etree._Element]:
+    """Run an element-selecting XPath; typed, because lxml returns a loose union."""
+    result = query(root)
+    return (
+        [item for item in result if isinstance(item, etree._Element)]
+        if isinstance(result, list)
+        else []
+    )
+
+
 def _address_of(element: etree._Element, what: str) -> PciAddress:
     try:
-        return PciAddress.from_libvirt(dict(element.attrib))
+        return PciAddress.from_libvirt({str(k): str(v) for k, v in element.attrib.items()})
     except PciAddressError as err:
         raise NotADomain(
             f"{what} at line {element.sourceline} has an invalid PCI address: {err}"
@@ -452,7 +465,7 @@ def _describe(device: etree._Element) -> str:
     return f"{text} at line {device.sourceline}"
 
 
-def _free_aliases(taken: Iterable[str], prefix: str) -> Iterable[str]:
+def _free_aliases(taken: Iterable[str], prefix: str) -> Iterator[str]:
     used = set(taken)
     number = 0
     while True:
@@ -511,14 +524,15 @@ def transform(
     if not len(root):
         raise NotADomain("<domain> has no content; pass a complete libvirt domain XML")
 
-    present = {_address_of(el, "a host device source"): el for el in _HOST_SOURCES(root)}
+    present = {_address_of(el, "a host device source"): el for el in _elements(_HOST_SOURCES, root)}
     wanted = [device for device in devices if device.address not in present]
     already = tuple(device.address for device in devices if device.address in present)
     if not wanted:
         return TransformResult(xml=data, already_present=already)
 
     used_guest = {
-        _address_of(el, "a device's guest address"): el.getparent() for el in _GUEST_ADDRESSES(root)
+        _address_of(el, "a device's guest address"): el.getparent()
+        for el in _elements(_GUEST_ADDRESSES, root)
     }
     for device in wanted:
         holder = used_guest.get(device.guest_address) if device.guest_address else None
@@ -529,7 +543,9 @@ def transform(
                 "or drop the guest placement"
             )
 
-    aliases = _free_aliases((str(name) for name in _ALIASES(root)), options.alias_prefix)
+    taken = _ALIASES(root)
+    names = [str(name) for name in taken] if isinstance(taken, list) else []
+    aliases = _free_aliases(names, options.alias_prefix)
     added = tuple(
         AddedDevice(device.address, next(aliases), device.guest_address) for device in wanted
     )

@@ -117,11 +117,9 @@ def _check_parser(
             report.fail(f"parser: libvirt dropped hostdev {device.alias} ({device.address})")
             continue
         source = match[0].find("source/address")
-        seen = None if source is None else source.attrib
+        seen = None if source is None else {str(k): str(v) for k, v in source.attrib.items()}
         expected = device.address.libvirt_attributes()
         if seen is None or any(seen.get(k) != v for k, v in expected.items()):
-            report.fail(
-                f"parser: hostdev {device.alias} has source {dict(seen or {})}, expected {expected}"
-            )
+            report.fail(f"parser: hostdev {device.alias} has source {seen}, expected {expected}")
         else:
             report.lines.append(f"parser: hostdev {device.alias} kept with source {device.address}")

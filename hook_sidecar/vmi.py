@@ -56,7 +56,7 @@ def spec(vmi: Vmi) -> Mapping[str, Any]:
     return _mapping(vmi.get("spec"))
 
 
-def annotations(vmi: Vmi) -> Mapping[str, Any]:
+def annotations_of(vmi: Vmi) -> Mapping[str, Any]:
     return _mapping(metadata(vmi).get("annotations"))
 
 
@@ -108,7 +108,7 @@ def requested_resources(vmi: Vmi, patterns: Sequence[str]) -> dict[str, int]:
 
 def read_request(vmi: Vmi, patterns: Sequence[str], allow_vmi_devices: bool) -> Request:
     """Decide whether the hook should act on this VMI at all."""
-    notes = annotations(vmi)
+    notes = annotations_of(vmi)
     enabled = str(notes.get(ENABLED_ANNOTATION, "")).strip().lower()
     if enabled == "false":
         return Request(False, None, f'annotation {ENABLED_ANNOTATION}: "false" opts out')

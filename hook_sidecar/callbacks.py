@@ -1,0 +1,211 @@
+"""gRPC servicers: a thin adapter from KubeVirt's hook APIs to ``hook.on_define_domain``.
+
+Each servicer turns a request into plain bytes, runs the shared hook logic,
+and turns the typed errors into status codes with a message written for the
+person reading the VMI's events. A traceback goes to the log, never to the
+client, and no error stops the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
+import grpc
+
+from hook_sidecar import logs
+from hook_sidecar._generated import (
+    info_pb2,
+    info_pb2_grpc,
+    plugins_v1alpha1_pb2,
+    plugins_v1alpha1_pb2_grpc,
+    v1alpha1_pb2,
+    v1alpha1_pb2_grpc,
+    v1alpha2_pb2,
+    v1alpha2_pb2_grpc,
+    v1alpha3_pb2,
+    v1alpha3_pb2_grpc,
+)
+from hook_sidecar.errors import HookError, InvalidInput, PreconditionFailed
+from hook_sidecar.hook import HookOutcome, HookSettings, on_define_domain
+
+ALL_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3")
+ON_DEFINE_DOMAIN = "OnDefineDomain"
+SHUTDOWN = "Shutdown"
+LIBVIRT_DOMAIN_TYPE = "libvirt"
+
+
+def status_for(error: HookError) -> grpc.StatusCode:
+    if isinstance(error, InvalidInput):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, PreconditionFailed):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INTERNAL
+
+
+class HookRunner:
+    """Runs one callback: the hook, its log line, and the error-to-status mapping."""
+
+    def __init__(self, settings: HookSettings, env: Mapping[str, str]) -> None:
+        self._settings = settings
+        self._env = env
+        self._log = logs.get()
+
+    def run(
+        self,
+        context: grpc.ServicerContext,
+        domain_xml: bytes,
+        vmi_json: bytes,
+        callback: str,
+        **fields: Any,
+    ) -> bytes:
+        try:
+            outcome = on_define_domain(domain_xml, vmi_json, self._env, self._settings)
+        except HookError as err:
+            code = status_for(err)
+            self._log.error("%s refused: %s", callback, err, extra={"code": code.name, **fields})
+            _abort(context, code, f"QAT hook: {err}")
+        except Exception:  # noqa: BLE001 - any bug becomes INTERNAL, the server lives on
+            self._log.exception("%s failed unexpectedly", callback, extra=fields)
+            _abort(
+                context,
+                grpc.StatusCode.INTERNAL,
+                "QAT hook: internal error; the hook-sidecar container's log has the details",
+            )
+        self._report(outcome, callback, fields)
+        return outcome.domain_xml
+
+    def _report(self, outcome: HookOutcome, callback: str, fields: dict[str, Any]) -> None:
+        found = outcome.discovery
+        for warning in found.warnings:
+            self._log.warning(warning, extra={"vmi": outcome.vmi_name})
+        added = outcome.result.added if outcome.result else ()
+        present = outcome.result.already_present if outcome.result else ()
+        self._log.info(
+            "%s: %s",
+            callback,
+            f"injected {len(added)} device(s)" if found.wanted else "passed through",
+            extra={
+                "vmi": outcome.vmi_name,
+                "devices": [str(device.address) for device in added],
+                "already_present": [str(address) for address in present],
+                "source": found.source,
+                "detail": found.reason if not found.wanted else found.detail,
+                "duration_ms": round(outcome.duration_ms, 3),
+                **fields,
+            },
+        )
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("grpc context.abort returned")  # pragma: no cover
+
+
+class InfoServicer(info_pb2_grpc.InfoServicer):
+    def __init__(self, name: str, versions: Sequence[str]) -> None:
+        points = [info_pb2.HookPoint(name=ON_DEFINE_DOMAIN, priority=0)]
+        if "v1alpha3" in versions:
+            points.append(info_pb2.HookPoint(name=SHUTDOWN, priority=0))
+        self._result = info_pb2.InfoResult(name=name, hookPoints=points, versions=list(versions))
+
+    def Info(self, request: info_pb2.InfoParams, context: grpc.ServicerContext) -> Any:
+        return self._result
+
+
+class _CallbacksBase:
+    """OnDefineDomain and PreCloudInitIso, shared by every Callbacks version."""
+
+    version = ""
+    messages: Any = None
+
+    def __init__(self, runner: HookRunner) -> None:
+        self._runner = runner
+
+    def OnDefineDomain(self, request: Any, context: grpc.ServicerContext) -> Any:
+        xml = self._runner.run(
+            context, request.domainXML, request.vmi, ON_DEFINE_DOMAIN, version=self.version
+        )
+        return self.messages.OnDefineDomainResult(domainXML=xml)
+
+    def PreCloudInitIso(self, request: Any, context: grpc.ServicerContext) -> Any:
+        # Not subscribed in Info; answered unchanged in case a client calls it anyway.
+        return self.messages.PreCloudInitIsoResult(
+            cloudInitNoCloudSource=request.cloudInitNoCloudSource,
+            cloudInitData=request.cloudInitData,
+        )
+
+
+class CallbacksV1alpha1(_CallbacksBase, v1alpha1_pb2_grpc.CallbacksServicer):
+    version = "v1alpha1"
+    messages = v1alpha1_pb2
+
+
+class CallbacksV1alpha2(_CallbacksBase, v1alpha2_pb2_grpc.CallbacksServicer):
+    version = "v1alpha2"
+    messages = v1alpha2_pb2
+
+
+class CallbacksV1alpha3(_CallbacksBase, v1alpha3_pb2_grpc.CallbacksServicer):
+    version = "v1alpha3"
+    messages = v1alpha3_pb2
+
+    def __init__(self, runner: HookRunner, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(runner)
+        self._on_shutdown = on_shutdown
+
+    def Shutdown(self, request: Any, context: grpc.ServicerContext) -> Any:
+        logs.get().info("Shutdown called by virt-launcher; stopping")
+        # Stop after this reply is on its way, not before.
+        context.add_callback(self._on_shutdown)
+        return v1alpha3_pb2.ShutdownResult()
+
+
+class DomainHookServicer(plugins_v1alpha1_pb2_grpc.DomainHookServiceServicer):
+    """KubeVirt's structured-plugin API, on its own socket."""
+
+    def __init__(self, runner: HookRunner) -> None:
+        self._runner = runner
+
+    def MutateDomain(self, request: Any, context: grpc.ServicerContext) -> Any:
+        invocation = request.sidecar_context.invocation_context or "unknown"
+        if request.domain_type != LIBVIRT_DOMAIN_TYPE:
+            logs.get().error(
+                "MutateDomain refused: domain_type %r",
+                request.domain_type,
+                extra={"invocation": invocation},
+            )
+            _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"QAT hook: domain_type {request.domain_type!r} is not supported; "
+                f"only {LIBVIRT_DOMAIN_TYPE!r} domains can be mutated",
+            )
+        xml = self._runner.run(
+            context, request.domain, request.vmi, "MutateDomain", invocation=invocation
+        )
+        return plugins_v1alpha1_pb2.MutateDomainResponse(domain=xml)
+
+
+def add_hook_services(
+    server: grpc.Server,
+    runner: HookRunner,
+    name: str,
+    versions: Sequence[str],
+    on_shutdown: Callable[[], None],
+) -> None:
+    info_pb2_grpc.add_InfoServicer_to_server(InfoServicer(name, versions), server)
+    if "v1alpha1" in versions:
+        v1alpha1_pb2_grpc.add_CallbacksServicer_to_server(CallbacksV1alpha1(runner), server)
+    if "v1alpha2" in versions:
+        v1alpha2_pb2_grpc.add_CallbacksServicer_to_server(CallbacksV1alpha2(runner), server)
+    if "v1alpha3" in versions:
+        v1alpha3_pb2_grpc.add_CallbacksServicer_to_server(
+            CallbacksV1alpha3(runner, on_shutdown), server
+        )
+
+
+def add_plugin_services(server: grpc.Server, runner: HookRunner) -> None:
+    plugins_v1alpha1_pb2_grpc.add_DomainHookServiceServicer_to_server(
+        DomainHookServicer(runner), server
+    )
