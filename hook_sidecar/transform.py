@@ -137,15 +137,13 @@ def _parse(data: bytes) -> tuple[bytes, etree._Element]:
     """
     if data.startswith(_UTF8_BOM):
         data = data[len(_UTF8_BOM) :]
+    if b"<!DOCTYPE" in data:
+        data = _drop_bare_doctype(data)
     root = _parse_bytes(data)
-    docinfo = root.getroottree().docinfo
-    encoding = (docinfo.encoding or "UTF-8").upper()
+    encoding = (root.getroottree().docinfo.encoding or "UTF-8").upper()
     if encoding not in _UTF8_NAMES:
         data = _to_utf8(data, encoding)
         root = _parse_bytes(data)
-        docinfo = root.getroottree().docinfo
-    if docinfo.doctype:  # type: ignore[attr-defined]  # lxml-stubs lags lxml
-        data, root = _drop_bare_doctype(data, root)
     return data, root
 
 
@@ -173,30 +171,26 @@ def _to_utf8(data: bytes, encoding: str) -> bytes:
     return text.encode("utf-8")
 
 
-def _drop_bare_doctype(data: bytes, root: etree._Element) -> tuple[bytes, etree._Element]:
-    """Refuse a DTD that could declare or fetch anything; drop a bare one."""
-    docinfo = root.getroottree().docinfo
-    dtd = docinfo.internalDTD
-    declares = dtd is not None and (
-        any(True for _ in dtd.iterentities())  # type: ignore[attr-defined]
-        or any(True for _ in dtd.iterelements())  # type: ignore[attr-defined]
-    )
-    external = docinfo.system_url or docinfo.public_id  # type: ignore[attr-defined]
-    if external or declares:
+def _drop_bare_doctype(data: bytes) -> bytes:
+    """Drop a bare ``<!DOCTYPE name>``; refuse any DTD that could declare or fetch anything.
+
+    Decided on the raw bytes before libxml2 sees the document, so no entity
+    is ever declared, expanded or fetched, however the parser is configured.
+    """
+    spans = _hidden_spans(data)
+    position = data.find(b"<!DOCTYPE")
+    while position >= 0 and not _outside(spans, position):
+        position = data.find(b"<!DOCTYPE", position + 1)
+    if position < 0:
+        return data  # only inside comments or CDATA: not a DOCTYPE at all
+    match = _BARE_DOCTYPE.match(data, position)
+    if match is None:
         raise UnsafeXml(
-            "domain XML has a DOCTYPE with entity declarations or an external DTD; "
+            "domain XML has a DOCTYPE with an internal subset or an external DTD; "
             "entities are never expanded or fetched: send the plain libvirt domain XML "
             "without a DOCTYPE"
         )
-    spans = _hidden_spans(data)
-    match = next((m for m in _BARE_DOCTYPE.finditer(data) if _outside(spans, m.start())), None)
-    if match is None:
-        raise UnsafeXml(
-            "domain XML has a DOCTYPE the hook cannot remove safely; "
-            "send the libvirt domain XML without a DOCTYPE"
-        )
-    data = data[: match.start()] + data[match.end() :]
-    return data, _parse_bytes(data)
+    return data[:position] + data[match.end() :]
 
 
 # --- locating the splice point ----------------------------------------------

@@ -1,0 +1,476 @@
+"""Discovery: every source, the order, gating, counts, sysfs, preflight, table-driven."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hook_sidecar import discovery as d
+from hook_sidecar import vmi as vmis
+from hook_sidecar.errors import InvalidInput, PreconditionFailed
+from hook_sidecar.pci import PciAddress
+
+A = "0000:3d:02.2"
+B = "0000:3d:02.3"
+C = "0000:af:01.0"
+
+
+def make_vmi(
+    resources: dict[str, Any] | None = None,
+    annotations: dict[str, str] | None = None,
+    limits: dict[str, Any] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    domain: dict[str, Any] = {
+        "resources": {"requests": resources or {}, **({"limits": limits} if limits else {})},
+        "memory": {"reservedOverhead": {"memLock": "Required"}},
+    }
+    return {
+        "metadata": {"name": "vm1", "namespace": "ns1", "annotations": annotations or {}},
+        "spec": {"domain": domain, **spec},
+    }
+
+
+ASKS_ONE = make_vmi({"qat.intel.com/generic": "1"})
+
+
+def config(tmp_path: Path, **overrides: Any) -> d.DiscoveryConfig:
+    values: dict[str, Any] = {
+        "dra_root": tmp_path / "dra",
+        "sysfs_root": tmp_path / "sys",
+        "verify_sysfs": "off",
+    }
+    values.update(overrides)
+    return d.DiscoveryConfig(**values)
+
+
+def addresses(found: d.Discovery) -> list[str]:
+    return [str(a) for a in found.devices]
+
+
+# --- gating -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("vmi", "wanted", "expected", "reason"),
+    [
+        (make_vmi(), False, None, "requests no QAT resource"),
+        (make_vmi({"memory": "1Gi"}), False, None, "requests no QAT resource"),
+        (make_vmi({"qat.intel.com/generic": "1"}), True, 1, "qat.intel.com/generic: 1"),
+        (make_vmi({"qat.intel.com/generic": 2}), True, 2, "qat.intel.com/generic: 2"),
+        (make_vmi(limits={"qat.intel.com/cy": "1"}), True, 1, "qat.intel.com/cy: 1"),
+        (
+            make_vmi({"qat.intel.com/cy": "1", "qat.intel.com/dc": "1"}),
+            True,
+            2,
+            "qat.intel.com/cy: 1, qat.intel.com/dc: 1",
+        ),
+        (make_vmi({"qat.intel.com/generic": "0"}), False, None, "asks for no device"),
+        (make_vmi(annotations={"qat.vm.kubevirt.io/enabled": "true"}), True, None, "enabled"),
+        (
+            make_vmi({"qat.intel.com/generic": "1"}, {"qat.vm.kubevirt.io/enabled": "false"}),
+            False,
+            None,
+            "opts out",
+        ),
+        (make_vmi(annotations={"qat.vm.kubevirt.io/devices": A}), False, None, "requests no"),
+        ({}, False, None, "requests no QAT resource"),
+    ],
+)
+def test_request_gating(
+    vmi: dict[str, Any], wanted: bool, expected: int | None, reason: str
+) -> None:
+    request = vmis.read_request(vmi, vmis.DEFAULT_RESOURCE_PATTERNS, allow_vmi_devices=False)
+    assert (request.wanted, request.expected) == (wanted, expected)
+    assert reason in request.reason
+
+
+def test_devices_annotation_counts_as_request_only_when_allowed() -> None:
+    vmi = make_vmi(annotations={"qat.vm.kubevirt.io/devices": A})
+    assert vmis.read_request(vmi, vmis.DEFAULT_RESOURCE_PATTERNS, True).wanted
+
+
+def test_bad_quantity() -> None:
+    with pytest.raises(InvalidInput, match="quantity '1.5'"):
+        vmis.read_request(make_vmi({"qat.intel.com/generic": "1.5"}), ("qat.intel.com/*",), False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [(b"{", "VMI is not valid JSON"), (b"[1]", "is a list, expected an object")],
+)
+def test_parse_vmi_errors(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        vmis.parse_vmi(raw)
+
+
+def test_not_wanted_looks_at_nothing(tmp_path: Path) -> None:
+    found = d.discover(make_vmi(), {"QAT0": "garbage"}, config(tmp_path))
+    assert not found.wanted
+    assert found.devices == ()
+
+
+# --- sources ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "devices", "detail"),
+    [
+        ({"QAT0": A}, [A], "QAT0"),
+        ({"QAT10": C, "QAT2": B, "QAT0": A}, [A, B, C], "QAT0, QAT2, QAT10"),
+        ({"QAT1": " 3d:02.3 "}, [B], "QAT1"),
+        (
+            {"PCI_RESOURCE_QAT_INTEL_COM_GENERIC": f"{A},{B},"},
+            [A, B],
+            "PCI_RESOURCE_QAT_INTEL_COM_GENERIC",
+        ),
+        ({"PCIDEVICE_QAT_INTEL_COM_CY": A}, [A], "PCIDEVICE_QAT_INTEL_COM_CY"),
+        (
+            {"QAT0": A, "PCI_RESOURCE_QAT_INTEL_COM_GENERIC": A},
+            [A],
+            "QAT0, PCI_RESOURCE_QAT_INTEL_COM_GENERIC",
+        ),
+    ],
+)
+def test_environment_source(
+    tmp_path: Path, env: dict[str, str], devices: list[str], detail: str
+) -> None:
+    vmi = make_vmi({"qat.intel.com/generic": str(len(devices))})
+    found = d.discover(vmi, env, config(tmp_path))
+    assert addresses(found) == devices
+    assert (found.source, found.detail) == ("environment", detail)
+
+
+def test_other_resources_are_not_qat(tmp_path: Path) -> None:
+    env = {"PCI_RESOURCE_INTEL_COM_SRIOV_NET": A, "PCIDEVICE_NVIDIA_COM_GPU": B}
+    with pytest.raises(PreconditionFailed, match="no device address was found"):
+        d.discover(ASKS_ONE, env, config(tmp_path))
+
+
+def test_resource_patterns_are_configurable(tmp_path: Path) -> None:
+    vmi = make_vmi({"intel.com/qat": "1"})
+    cfg = config(tmp_path, resource_patterns=("intel.com/qat",))
+    found = d.discover(vmi, {"PCI_RESOURCE_INTEL_COM_QAT": A}, cfg)
+    assert addresses(found) == [A]
+    assert found.detail == "PCI_RESOURCE_INTEL_COM_QAT"
+
+
+@pytest.mark.parametrize(
+    ("resource", "variable"),
+    [
+        ("qat.intel.com/generic", "QAT_INTEL_COM_GENERIC"),
+        ("intel.com/qat", "INTEL_COM_QAT"),
+        ("qat.intel.com/*", "QAT_INTEL_COM_*"),
+    ],
+)
+def test_name_mangling(resource: str, variable: str) -> None:
+    assert d.mangle_resource(resource) == variable
+
+
+def test_override_wins_and_disagreement_is_warned(tmp_path: Path) -> None:
+    cfg = config(tmp_path, devices=(PciAddress.parse(B),))
+    found = d.discover(ASKS_ONE, {"QAT0": A}, cfg)
+    assert addresses(found) == [B]
+    assert found.source == "override"
+    assert len(found.warnings) == 1
+    assert "environment (QAT0) lists 0000:3d:02.2 but override (--device) won" in found.warnings[0]
+
+
+def test_override_from_variable(tmp_path: Path) -> None:
+    found = d.discover(ASKS_ONE, {"QAT_HOOK_DEVICES": f"{A},"}, config(tmp_path))
+    assert (addresses(found), found.detail) == ([A], "QAT_HOOK_DEVICES")
+
+
+def test_agreeing_sources_do_not_warn(tmp_path: Path) -> None:
+    cfg = config(tmp_path, devices=(PciAddress.parse(A),))
+    assert d.discover(ASKS_ONE, {"QAT0": A}, cfg).warnings == ()
+
+
+def test_malformed_later_source_is_a_warning_not_a_failure(tmp_path: Path) -> None:
+    cfg = config(tmp_path, devices=(PciAddress.parse(A),))
+    found = d.discover(ASKS_ONE, {"QAT0": "garbage"}, cfg)
+    assert addresses(found) == [A]
+    assert "ignored environment source: variable QAT0" in found.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"QAT0": "garbage"}, "variable QAT0: 'garbage' is not a PCI address"),
+        (
+            {"PCI_RESOURCE_QAT_INTEL_COM_GENERIC": "3d:02.2,xx"},
+            "PCI_RESOURCE_QAT_INTEL_COM_GENERIC",
+        ),
+        ({"QAT_HOOK_DEVICES": "0000:3d:99.0"}, "QAT_HOOK_DEVICES"),
+    ],
+)
+def test_malformed_winning_value_fails_naming_the_variable(
+    tmp_path: Path, env: dict[str, str], needle: str
+) -> None:
+    with pytest.raises(InvalidInput, match=needle):
+        d.discover(ASKS_ONE, env, config(tmp_path))
+
+
+# --- DRA metadata -----------------------------------------------------------------------
+
+
+def write_metadata(root: Path, kind: str, claim: str, request: str, *addresses: str) -> Path:
+    folder = root / kind / claim / request
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "qat.intel.com-metadata.json"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "metadata.resource.k8s.io/v1alpha1",
+                "kind": "DeviceMetadata",
+                "requests": [
+                    {
+                        "name": request,
+                        "devices": [
+                            {
+                                "driver": "qat.intel.com",
+                                "pool": "node-1",
+                                "name": f"qatvf-{i}",
+                                "attributes": {
+                                    "resource.kubernetes.io/pciBusID": {"string": address},
+                                    "qat.intel.com/services": {"string": "sym;asym"},
+                                },
+                            }
+                            for i, address in enumerate(addresses)
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+    return path
+
+
+def test_dra_all_claims(tmp_path: Path) -> None:
+    root = tmp_path / "dra"
+    write_metadata(root, "resourceclaims", "qat-claim", "vf", A)
+    write_metadata(root, "resourceclaimtemplates", "qat", "vf", B)
+    vmi = make_vmi({"qat.intel.com/generic": "2"})
+    found = d.discover(vmi, {}, config(tmp_path))
+    assert addresses(found) == [A, B]
+    assert found.source == "dra"
+    assert "resourceclaims/qat-claim/vf/qat.intel.com-metadata.json" in found.detail
+
+
+def test_dra_only_the_claims_the_vmi_names(tmp_path: Path) -> None:
+    root = tmp_path / "dra"
+    write_metadata(root, "resourceclaims", "other-claim", "vf", C)
+    write_metadata(root, "resourceclaimtemplates", "qat", "vf", A)
+    write_metadata(root, "resourceclaimtemplates", "gpu", "dev", B)
+    vmi = make_vmi(
+        annotations={"qat.vm.kubevirt.io/enabled": "true"},
+        resourceClaims=[{"name": "qat", "resourceClaimTemplateName": "qat-vf-template"}],
+    )
+    assert addresses(d.discover(vmi, {}, config(tmp_path))) == [A]
+
+
+def test_dra_named_claim_object(tmp_path: Path) -> None:
+    write_metadata(tmp_path / "dra", "resourceclaims", "shared-qat", "vf", B)
+    vmi = make_vmi(
+        {"qat.intel.com/generic": "1"},
+        resourceClaims=[{"name": "qat", "resourceClaimName": "shared-qat"}],
+    )
+    assert addresses(d.discover(vmi, {}, config(tmp_path))) == [B]
+
+
+def test_dra_devices_without_pci_attribute_are_ignored(tmp_path: Path) -> None:
+    path = write_metadata(tmp_path / "dra", "resourceclaims", "c", "r", A)
+    document = json.loads(path.read_text())
+    del document["requests"][0]["devices"][0]["attributes"]["resource.kubernetes.io/pciBusID"]
+    path.write_text(json.dumps(document))
+    with pytest.raises(PreconditionFailed, match="no device with resource.kubernetes.io/pciBusID"):
+        d.discover(ASKS_ONE, {}, config(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("{not json", "cannot be read"),
+        ("[]", "is not a JSON object"),
+        (
+            json.dumps(
+                {
+                    "requests": [
+                        {
+                            "devices": [
+                                {
+                                    "attributes": {
+                                        "resource.kubernetes.io/pciBusID": {"string": "nope"}
+                                    }
+                                }
+                            ]
+                        }
+                    ]
+                }
+            ),
+            "'nope' is not a PCI address",
+        ),
+        (
+            json.dumps(
+                {
+                    "requests": [
+                        {
+                            "devices": [
+                                {"attributes": {"resource.kubernetes.io/pciBusID": {"int": 5}}}
+                            ]
+                        }
+                    ]
+                }
+            ),
+            "has no string value",
+        ),
+    ],
+)
+def test_dra_malformed_files(tmp_path: Path, content: str, needle: str) -> None:
+    path = write_metadata(tmp_path / "dra", "resourceclaims", "c", "r", A)
+    path.write_text(content)
+    with pytest.raises(InvalidInput, match=needle):
+        d.discover(ASKS_ONE, {}, config(tmp_path))
+
+
+# --- the VMI annotation ---------------------------------------------------------------------
+
+
+def test_annotation_ignored_unless_allowed(tmp_path: Path) -> None:
+    vmi = make_vmi({"qat.intel.com/generic": "1"}, {"qat.vm.kubevirt.io/devices": A})
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(vmi, {}, config(tmp_path))
+    assert "ignored: start the sidecar with --allow-vmi-devices" in str(info.value)
+    found = d.discover(vmi, {}, config(tmp_path, allow_vmi_devices=True))
+    assert (addresses(found), found.source) == ([A], "vmi-annotation")
+
+
+def test_annotation_alone_is_a_request_when_allowed(tmp_path: Path) -> None:
+    vmi = make_vmi(annotations={"qat.vm.kubevirt.io/devices": f"{A},{B}"})
+    found = d.discover(vmi, {}, config(tmp_path, allow_vmi_devices=True))
+    assert addresses(found) == [A, B]
+    assert found.expected is None
+
+
+# --- counts and absence -------------------------------------------------------------------
+
+
+def test_count_mismatch_names_both_numbers_and_source(tmp_path: Path) -> None:
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(ASKS_ONE, {"QAT0": A, "QAT1": B}, config(tmp_path))
+    message = str(info.value)
+    assert "asks for 1 QAT VF(s)" in message
+    assert "but 2 were found in environment (QAT0, QAT1)" in message
+
+
+def test_nothing_found_lists_every_place(tmp_path: Path) -> None:
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(ASKS_ONE, {}, config(tmp_path))
+    message = str(info.value)
+    for place in (
+        "VMI ns1/vm1 asks for a QAT VF (resource qat.intel.com/generic: 1)",
+        "--device options and QAT_HOOK_DEVICES (not set)",
+        "device-plugin variables QAT<N>, PCI_RESOURCE_QAT_INTEL_COM_*, PCIDEVICE_QAT_INTEL_COM_*",
+        f"DRA metadata under {tmp_path / 'dra'} (no such directory)",
+        "VMI annotation qat.vm.kubevirt.io/devices (ignored",
+        "How the VF's address reaches the sidecar",
+    ):
+        assert place in message
+
+
+def test_on_missing_skip_passes_through_with_warning(tmp_path: Path) -> None:
+    found = d.discover(ASKS_ONE, {}, config(tmp_path, on_missing="skip"))
+    assert not found.wanted
+    assert "Passing the domain through (--on-missing skip)" in found.warnings[-1]
+
+
+def test_no_vmi_means_inject_what_is_found(tmp_path: Path) -> None:
+    found = d.discover({}, {"QAT0": A, "QAT1": B}, config(tmp_path), require_request=False)
+    assert addresses(found) == [A, B]
+    assert found.expected is None
+
+
+# --- sysfs ------------------------------------------------------------------------------------
+
+
+def fake_device(
+    sys_root: Path,
+    address: str,
+    vendor: str = "0x8086",
+    device: str = "0x4941",
+    driver: str | None = "vfio-pci",
+) -> None:
+    folder = sys_root / "bus" / "pci" / "devices" / address
+    folder.mkdir(parents=True)
+    (folder / "vendor").write_text(vendor + "\n")
+    (folder / "device").write_text(device + "\n")
+    if driver:
+        target = sys_root / "bus" / "pci" / "drivers" / driver
+        target.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, folder / "driver")
+
+
+@pytest.mark.parametrize(
+    ("vendor", "device", "driver", "problems"),
+    [
+        ("0x8086", "0x4941", "vfio-pci", []),
+        ("0x8086", "0x37c9", "vfio-pci", []),
+        ("0x8086", "0x4940", "vfio-pci", ["is PCI device 8086:4940, not a known Intel QAT VF"]),
+        ("0x15b3", "0x1018", "vfio-pci", ["is PCI device 15b3:1018"]),
+        ("0x8086", "0x4941", "4xxxvf", ["bound to 4xxxvf, not vfio-pci"]),
+        ("0x8086", "0x4941", None, ["bound to no driver"]),
+    ],
+)
+def test_sysfs_problems(
+    tmp_path: Path, vendor: str, device: str, driver: str | None, problems: list[str]
+) -> None:
+    fake_device(tmp_path, A, vendor, device, driver)
+    found = d.sysfs_problems(PciAddress.parse(A), tmp_path)
+    assert len(found) == len(problems)
+    for text, needle in zip(found, problems):
+        assert needle in text
+
+
+def test_sysfs_missing_device(tmp_path: Path) -> None:
+    assert "does not exist" in d.sysfs_problems(PciAddress.parse(A), tmp_path)[0]
+
+
+def test_sysfs_warn_and_strict(tmp_path: Path) -> None:
+    fake_device(tmp_path / "sys", A, driver="4xxxvf")
+    warn = d.discover(ASKS_ONE, {"QAT0": A}, config(tmp_path, verify_sysfs="warn"))
+    assert addresses(warn) == [A]
+    assert any("sysfs: 0000:3d:02.2 is bound to 4xxxvf" in w for w in warn.warnings)
+    with pytest.raises(PreconditionFailed, match="--verify-sysfs strict"):
+        d.discover(ASKS_ONE, {"QAT0": A}, config(tmp_path, verify_sysfs="strict"))
+
+
+# --- preflight ----------------------------------------------------------------------------------
+
+
+def test_preflight_memlock_and_live_migration(tmp_path: Path) -> None:
+    vmi = make_vmi({"qat.intel.com/generic": "1"}, evictionStrategy="LiveMigrate")
+    del vmi["spec"]["domain"]["memory"]
+    found = d.discover(vmi, {"QAT0": A}, config(tmp_path))
+    joined = " | ".join(found.warnings)
+    assert "spec.domain.memory.reservedOverhead.memLock: Required" in joined
+    assert "evictionStrategy LiveMigrate" in joined
+
+
+def test_preflight_quiet_when_kubevirt_knows_a_vfio_device(tmp_path: Path) -> None:
+    vmi = make_vmi({"qat.intel.com/generic": "1"})
+    del vmi["spec"]["domain"]["memory"]
+    vmi["spec"]["domain"]["devices"] = {"hostDevices": [{"name": "x", "deviceName": "y"}]}
+    assert d.discover(vmi, {"QAT0": A}, config(tmp_path)).warnings == ()
+
+
+def test_describe_and_json(tmp_path: Path) -> None:
+    found = d.discover(ASKS_ONE, {"QAT0": A}, config(tmp_path))
+    assert d.describe(found).splitlines()[:2] == [
+        "inject 1 device(s): resource qat.intel.com/generic: 1",
+        "  source:   environment (QAT0)",
+    ]
+    assert found.as_json()["devices"] == [A]
