@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -52,12 +53,14 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, stdin: bytes = b"", **env: str) -> subprocess.CompletedProcess[bytes]:
+def run_cli(
+    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None, **extra: str
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         qat_hook_command(*args),
         input=stdin,
         capture_output=True,
-        env=clean_env(**env),
+        env=clean_env(**(env or {}), **extra),
         cwd=ROOT,
         timeout=60,
         check=False,
@@ -84,10 +87,22 @@ class ServerProcess:
         return self.process.wait(timeout)
 
 
+def _accepts(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def wait_for_socket(path: Path, process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """Wait until a server accepts on ``path`` (a stale file there does not count)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists():
+        if path.exists() and _accepts(path):
             return
         if process.poll() is not None:
             raise AssertionError(f"server exited early with {process.returncode}")

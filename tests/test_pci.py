@@ -49,7 +49,7 @@ def test_parse_rejects_with_message(text: str, needle: str) -> None:
 
 
 def test_error_names_accepted_forms() -> None:
-    with pytest.raises(PciAddressError, match="DDDD:BB:SS.F or BB:SS.F"):
+    with pytest.raises(PciAddressError, match=r"DDDD:BB:SS\.F or BB:SS\.F"):
         PciAddress.parse("3d-02-2")
 
 
