@@ -127,7 +127,10 @@ def start_server(
     )
     log.close()
     socket = socket_dir / "qat.sock"
-    wait_for_socket(socket if hook else plugin_socket or socket, process)
+    if hook:
+        wait_for_socket(socket, process)
+    if plugin_socket is not None:
+        wait_for_socket(plugin_socket, process)
     return ServerProcess(process, socket, plugin_socket, log_path)
 
 
