@@ -42,7 +42,7 @@ unit: $(VENV)/.test
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check hook_sidecar tests benchmarks scripts
-	$(VENV)/bin/ruff format --check hook_sidecar tests benchmarks
+	$(VENV)/bin/ruff format --check hook_sidecar tests benchmarks scripts
 
 typecheck: $(VENV)/.test
 	$(VENV)/bin/mypy

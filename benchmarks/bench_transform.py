@@ -64,8 +64,10 @@ def main() -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"machine:             {platform.machine()} {platform.python_implementation()} "
-          f"{platform.python_version()}, lxml {etree.__version__}")
+    print(
+        f"machine:             {platform.machine()} {platform.python_implementation()} "
+        f"{platform.python_version()}, lxml {etree.__version__}"
+    )
     print(f"domain:              examples/domain.xml, {result['domain_bytes']} bytes")
     print(f"transform (median):  {result['transform_us']:.1f} us")
     print(f"lxml parse+serialize:{result['parse_serialize_us']:.1f} us  (floor)")
