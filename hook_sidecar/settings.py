@@ -184,7 +184,6 @@ SERVE_OPTIONS = (
     ),
 )
 
-ALL_OPTIONS = DISCOVERY_OPTIONS + TRANSFORM_OPTIONS + LOG_OPTIONS + SERVE_OPTIONS
 
 
 def _env_default(option: Option, environ: Mapping[str, str]) -> Any:
@@ -317,10 +316,24 @@ def host_devices(
     return [HostDevice(address, guests.get(address)) for address in addresses]
 
 
+_USED_BY = (
+    (DISCOVERY_OPTIONS, "transform, discover, serve"),
+    (TRANSFORM_OPTIONS, "transform, serve"),
+    (LOG_OPTIONS, "serve"),
+    (SERVE_OPTIONS, "serve"),
+)
+
+
 def markdown_table() -> str:
-    """The README's option table, generated from the same definitions."""
-    rows = ["| flag | variable | default | meaning |", "| --- | --- | --- | --- |"]
-    for option in ALL_OPTIONS:
-        default = "off" if option.boolean else (option.default or "")
-        rows.append(f"| `{option.flag}` | `{option.env}` | {default} | {option.help} |")
+    """The README's option table, generated from the same definitions (a test compares)."""
+    rows = [
+        "| flag | variable | default | used by | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for options, used_by in _USED_BY:
+        for option in options:
+            default = "off" if option.boolean else (option.default or "")
+            rows.append(
+                f"| `{option.flag}` | `{option.env}` | {default} | {used_by} | {option.help} |"
+            )
     return "\n".join(rows)

@@ -1,0 +1,123 @@
+"""Every example loads, and the pieces that must agree do agree."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hook_sidecar import vmi as vmis
+from hook_sidecar.cli import build_parser
+from tests.conftest import EXAMPLES, ROOT
+
+SIDECAR_KEYS = {"image", "imagePullPolicy", "command", "args", "configMap", "pvc"}
+YAML_FILES = sorted(EXAMPLES.rglob("*.yaml"))
+
+
+def makefile_image() -> str:
+    makefile = (ROOT / "Makefile").read_text()
+    image = re.search(r"^IMAGE \?= (\S+)$", makefile, re.M)
+    assert image is not None
+    version = re.search(r'__version__ = "(.+)"', (ROOT / "hook_sidecar/__init__.py").read_text())
+    assert version is not None
+    return f"{image.group(1)}:{version.group(1)}"
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def vmi_like(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(metadata, spec) of a VMI, or of a VM's template."""
+    if doc.get("kind") == "VirtualMachineInstance":
+        return doc["metadata"], doc["spec"]
+    if doc.get("kind") == "VirtualMachine":
+        template = doc["spec"]["template"]
+        return template["metadata"], template["spec"]
+    return None
+
+
+def test_there_are_examples() -> None:
+    assert len(YAML_FILES) >= 6
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(EXAMPLES)))
+def test_example_loads(path: Path) -> None:
+    docs = documents(path)
+    assert docs, f"{path} is empty"
+    for doc in docs:
+        if "kind" in doc:
+            assert doc.get("apiVersion"), f"{path}: {doc['kind']} without apiVersion"
+
+
+def hook_vms() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    found = []
+    for path in YAML_FILES:
+        for doc in documents(path):
+            pair = vmi_like(doc)
+            if pair and "hooks.kubevirt.io/hookSidecars" in pair[0].get("annotations", {}):
+                found.append((str(path.relative_to(EXAMPLES)), *pair))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("name", "metadata", "spec"), hook_vms(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_hook_annotation(name: str, metadata: dict[str, Any], spec: dict[str, Any]) -> None:
+    sidecars = json.loads(metadata["annotations"]["hooks.kubevirt.io/hookSidecars"])
+    assert isinstance(sidecars, list) and len(sidecars) == 1
+    sidecar = sidecars[0]
+    assert set(sidecar) <= SIDECAR_KEYS
+    assert sidecar["image"] == makefile_image()
+    # The image's entrypoint is `qat-hook serve`; the annotation's args append to it.
+    build_parser().parse_args(["serve", *sidecar.get("args", [])])
+    # The VMI asks for QAT in a way the hook recognises, and reserves locked memory.
+    request = vmis.read_request(
+        {"metadata": metadata, "spec": spec}, vmis.DEFAULT_RESOURCE_PATTERNS, False
+    )
+    assert request.wanted, name
+    assert spec["domain"]["memory"]["reservedOverhead"]["memLock"] == "Required"
+    assert spec["evictionStrategy"] == "None"
+
+
+def test_resource_names_match_the_default_patterns() -> None:
+    for name, _, spec in hook_vms():
+        for section in ("requests", "limits"):
+            for resource in spec["domain"]["resources"].get(section, {}):
+                if "qat" in resource:
+                    assert vmis.resource_matches(resource, vmis.DEFAULT_RESOURCE_PATTERNS), name
+
+
+def test_feature_gate_patch() -> None:
+    gates = documents(EXAMPLES / "kubevirt-sidecar-featuregate.yaml")[0]["spec"]["configuration"][
+        "developerConfiguration"
+    ]["featureGates"]
+    assert {"Sidecar", "ReservedOverheadMemlock"} <= set(gates)
+
+
+def test_dra_example_is_consistent() -> None:
+    template = documents(EXAMPLES / "dra" / "resourceclaimtemplate.yaml")[0]
+    vmi = documents(EXAMPLES / "dra" / "vmi-qat-dra.yaml")[0]
+    policy, binding = documents(EXAMPLES / "dra" / "share-claim-policy.yaml")
+    claim = vmi["spec"]["resourceClaims"][0]
+    assert claim["resourceClaimTemplateName"] == template["metadata"]["name"]
+    assert f'c.name == "{claim["name"]}"' in policy["spec"]["matchConditions"][0]["expression"]
+    expression = policy["spec"]["mutations"][0]["applyConfiguration"]["expression"]
+    assert f'claims{{name: "{claim["name"]}"}}' in expression
+    assert 'startsWith("hook-sidecar-")' in expression and 'c.name == "compute"' in expression
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert policy["spec"]["matchConstraints"]["objectSelector"]["matchLabels"] == {
+        "kubevirt.io": "virt-launcher"
+    }
+
+
+def test_static_pinning_pins_node_and_device() -> None:
+    vmi = documents(EXAMPLES / "static-pinning.yaml")[0]
+    assert vmi["spec"]["nodeSelector"]
+    args = json.loads(vmi["metadata"]["annotations"]["hooks.kubevirt.io/hookSidecars"])[0]["args"]
+    parsed = build_parser().parse_args(["serve", *args])
+    assert parsed.device == ["0000:3d:02.2"]
