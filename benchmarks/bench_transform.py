@@ -24,8 +24,9 @@ from lxml import etree
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hook_sidecar.hostdevs import HostDevice  # noqa: E402
 from hook_sidecar.pci import PciAddress  # noqa: E402
-from hook_sidecar.transform import HostDevice, transform  # noqa: E402
+from hook_sidecar.transform import transform  # noqa: E402
 
 
 def median_us(function: Callable[[], object], rounds: int, batch: int) -> float:

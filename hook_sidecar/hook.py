@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from hook_sidecar import discovery
 from hook_sidecar import vmi as vmis
+from hook_sidecar.hostdevs import TransformOptions, TransformResult
 from hook_sidecar.pci import PciAddress
 from hook_sidecar.settings import host_devices
-from hook_sidecar.transform import TransformOptions, TransformResult, transform
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ def on_define_domain(
     result = None
     output = domain_xml
     if found.wanted and found.devices:
+        # Imported here: lxml loads on the first VMI that needs it, never for the others.
+        from hook_sidecar.transform import transform
+
         devices = host_devices(found.devices, settings.guest_addresses)
         result = transform(domain_xml, devices, settings.transform)
         output = result.xml

@@ -18,8 +18,8 @@ from typing import Any
 
 from hook_sidecar import discovery
 from hook_sidecar.errors import InvalidInput
+from hook_sidecar.hostdevs import DEFAULT_MAX_BYTES, HostDevice, TransformOptions
 from hook_sidecar.pci import PciAddress, PciAddressError
-from hook_sidecar.transform import DEFAULT_MAX_BYTES, HostDevice, TransformOptions
 
 DEFAULT_PODRESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 
@@ -183,7 +183,6 @@ SERVE_OPTIONS = (
         metavar="N",
     ),
 )
-
 
 
 def _env_default(option: Option, environ: Mapping[str, str]) -> Any:

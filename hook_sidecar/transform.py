@@ -17,19 +17,20 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
 from lxml import etree
 
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
+from hook_sidecar.hostdevs import (
+    AddedDevice,
+    HostDevice,
+    Managed,
+    TransformOptions,
+    TransformResult,
+)
 from hook_sidecar.pci import PciAddress, PciAddressError
-
-DEFAULT_MAX_BYTES = 16 * 1024 * 1024
-ALIAS_PREFIX = "ua-qat-"
-
-Managed = Literal["no", "yes"]
 
 
 class DomainXmlError(InvalidInput):
@@ -58,45 +59,6 @@ class GuestAddressConflict(PreconditionFailed):
 
 class DuplicateDevice(InvalidInput):
     """The same host PCI address was requested twice."""
-
-
-@dataclass(frozen=True)
-class HostDevice:
-    """One host PCI device to pass through, with an optional guest placement."""
-
-    address: PciAddress
-    guest_address: PciAddress | None = None
-
-
-@dataclass(frozen=True)
-class TransformOptions:
-    """Knobs of the transform; the defaults are right for KubeVirt."""
-
-    managed: Managed = "no"
-    max_bytes: int = DEFAULT_MAX_BYTES
-    alias_prefix: str = ALIAS_PREFIX
-
-
-@dataclass(frozen=True)
-class AddedDevice:
-    """A device the transform wrote, with the alias it was given."""
-
-    address: PciAddress
-    alias: str
-    guest_address: PciAddress | None = None
-
-
-@dataclass(frozen=True)
-class TransformResult:
-    """The new domain XML and what happened to each requested device."""
-
-    xml: bytes
-    added: tuple[AddedDevice, ...] = ()
-    already_present: tuple[PciAddress, ...] = field(default=())
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.added)
 
 
 # --- hardened parsing --------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 from lxml import etree
 
 from hook_sidecar.errors import HookError
-from hook_sidecar.transform import AddedDevice
+from hook_sidecar.hostdevs import AddedDevice
 
 _MINIMAL = (
     "<domain type='test'><name>{name}</name><memory>1048576</memory>"

@@ -12,9 +12,7 @@ sys.path.insert(0, str(ROOT))
 
 from hook_sidecar.settings import markdown_table  # noqa: E402
 
-BLOCK = re.compile(
-    r"(<!-- options-table:[^\n]*-->\n).*?(<!-- end options-table -->)", re.S
-)
+BLOCK = re.compile(r"(<!-- options-table:[^\n]*-->\n).*?(<!-- end options-table -->)", re.S)
 
 
 def render(readme: str) -> str:

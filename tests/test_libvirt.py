@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hook_sidecar.hostdevs import HostDevice, TransformOptions
 from hook_sidecar.pci import PciAddress
-from hook_sidecar.transform import HostDevice, TransformOptions, transform
+from hook_sidecar.transform import transform
 from hook_sidecar.validate import validate
 from tests.domains import GeneratedDomain, domains, pci_addresses
 

@@ -35,8 +35,8 @@ from hook_sidecar._generated import (
 )
 from hook_sidecar.discovery import DiscoveryConfig
 from hook_sidecar.hook import HookSettings
+from hook_sidecar.hostdevs import TransformOptions
 from hook_sidecar.server import HookServer, ServeConfig
-from hook_sidecar.transform import TransformOptions
 from tests.conftest import EXAMPLES, ServerProcess, run_cli, start_server
 
 EXPECTED = (EXAMPLES / "domain-with-qat.xml").read_bytes()

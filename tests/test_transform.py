@@ -14,15 +14,14 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
+from hook_sidecar.hostdevs import HostDevice, TransformOptions
 from hook_sidecar.pci import PciAddress
 from hook_sidecar.transform import (
     DuplicateDevice,
     GuestAddressConflict,
-    HostDevice,
     NotADomain,
     NotWellFormed,
     TooLarge,
-    TransformOptions,
     UnsafeXml,
     transform,
 )

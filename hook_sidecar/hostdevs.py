@@ -1,0 +1,57 @@
+"""The values the domain transform takes and returns.
+
+Kept apart from ``transform`` so that configuration and the server can name
+them without importing lxml: a sidecar attached to a VM that asks for nothing
+never loads the XML stack at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from hook_sidecar.pci import PciAddress
+
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+ALIAS_PREFIX = "ua-qat-"
+
+Managed = Literal["no", "yes"]
+
+
+@dataclass(frozen=True)
+class HostDevice:
+    """One host PCI device to pass through, with an optional guest placement."""
+
+    address: PciAddress
+    guest_address: PciAddress | None = None
+
+
+@dataclass(frozen=True)
+class TransformOptions:
+    """Knobs of the transform; the defaults are right for KubeVirt."""
+
+    managed: Managed = "no"
+    max_bytes: int = DEFAULT_MAX_BYTES
+    alias_prefix: str = ALIAS_PREFIX
+
+
+@dataclass(frozen=True)
+class AddedDevice:
+    """A device the transform wrote, with the alias it was given."""
+
+    address: PciAddress
+    alias: str
+    guest_address: PciAddress | None = None
+
+
+@dataclass(frozen=True)
+class TransformResult:
+    """The new domain XML and what happened to each requested device."""
+
+    xml: bytes
+    added: tuple[AddedDevice, ...] = ()
+    already_present: tuple[PciAddress, ...] = field(default=())
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added)
