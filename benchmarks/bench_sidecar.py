@@ -118,7 +118,30 @@ def start(tmp: str) -> tuple[subprocess.Popen[bytes], float, float]:
     return server, cpu_ms(server.pid), (time.perf_counter() - started) * 1000
 
 
-def run(calls: int, starts: int = 7) -> dict[str, float]:
+def leak_check(
+    target: str, request: v1alpha3_pb2.OnDefineDomainParams, pid: int
+) -> tuple[float, float]:
+    """RSS (MiB) after 1,000 and after 10,000 further calls over 32 concurrent clients."""
+
+    def calls(count: int) -> None:
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            list(
+                pool.map(
+                    lambda _: [one_call(target, request) for _ in range(count // 32)], range(32)
+                )
+            )
+
+    calls(1024)
+    after_1k = status_mib(pid, "VmRSS")
+    calls(9024)
+    return after_1k, status_mib(pid, "VmRSS")
+
+
+def run(
+    calls: int, starts: int = 7, leak: bool = False
+) -> tuple[dict[str, float], tuple[float, float] | None]:
+    """The benchmark's numbers, and the leak check's (when asked for)."""
+    leak_numbers = None
     with tempfile.TemporaryDirectory(prefix="qat-bench-") as tmp:
         socket = Path(tmp) / "qat.sock"
         target = f"unix:{socket}"
@@ -156,11 +179,13 @@ def run(calls: int, starts: int = 7) -> dict[str, float]:
 
             peak = status_mib(server.pid, "VmHWM")
             anon = status_mib(server.pid, "RssAnon")
+            if leak:
+                leak_numbers = leak_check(target, request, server.pid)
         finally:
             server.terminate()
             server.wait(10)
     floor = measure_transform(rounds=15)
-    return {
+    numbers = {
         "ready_cpu_ms": round(ready_cpu, 1),
         "ready_wall_ms": round(ready_wall, 1),
         "p50_ms": round(statistics.median(latencies), 3),
@@ -173,14 +198,18 @@ def run(calls: int, starts: int = 7) -> dict[str, float]:
         "transform_us": floor["transform_us"],
         "parse_serialize_us": floor["parse_serialize_us"],
     }
+    return numbers, leak_numbers
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1000, help="sequential calls (default 1000)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument(
+        "--leak", action="store_true", help="also report RSS after 1k and 10k concurrent calls"
+    )
     args = parser.parse_args()
-    result = run(args.calls)
+    result, leak = run(args.calls, leak=args.leak)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, grpcio {grpc.__version__}; {args.calls} calls, "
@@ -195,6 +224,9 @@ def main() -> int:
             ratio = result[key] / result["parse_serialize_us"]
             note = f"  ({ratio:.2f}x the floor; target 1.2x)"
         print(f"{key:24} {result[key]:>10}{note}")
+    if leak is not None:
+        print(f"{'rss_after_1k_mib':24} {leak[0]:>10.1f}")
+        print(f"{'rss_after_10k_mib':24} {leak[1]:>10.1f}  (growth {leak[1] - leak[0]:.2f} MiB)")
     if args.json:
         print(json.dumps({key: result[key] for key in KEYS}))
     return 0

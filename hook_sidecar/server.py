@@ -176,8 +176,16 @@ class HookServer:
             },
         )
 
-    def wait(self) -> None:
-        self.stop_requested.wait()
+    def missing_socket(self) -> Path | None:
+        """A socket of ours that is gone from its path (its directory was removed, say)."""
+        for listener in self._listeners:
+            try:
+                if listener.path.stat().st_ino == listener.inode:
+                    continue
+            except OSError:
+                pass
+            return listener.path
+        return None
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         events = [listener.server.stop(grace) for listener in self._listeners]
@@ -227,14 +235,23 @@ def run(config: ServeConfig, settings: HookSettings, install_signals: bool = Tru
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     server.start()
+    status = 0
     try:
-        # A timeout keeps the main thread responsive to signals.
+        # Waking twice a second keeps the main thread responsive to signals and lets it
+        # notice a socket that vanished: nobody can reach us any more, so say so and exit.
         while not server.stop_requested.wait(0.5):
-            pass
+            gone = server.missing_socket()
+            if gone is not None:
+                logs.get().error(
+                    "socket %s was removed; virt-launcher can no longer reach the hook, exiting",
+                    gone,
+                )
+                status = 1
+                break
     finally:
         server.stop()
     logs.get().info("stopped")
-    return 0
+    return status
 
 
 def serve_from_args(args: argparse.Namespace, settings: HookSettings) -> int:

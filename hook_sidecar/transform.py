@@ -116,7 +116,8 @@ def _parse_bytes(data: bytes) -> etree._Element:
         return etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as err:
         line, column = err.position if err.position else (0, 0)
-        message = (err.msg or str(err)).split(", line ")[0]
+        # libxml2 messages may end in a newline; errors are one line.
+        message = " ".join((err.msg or str(err)).split(", line ")[0].split())
         raise NotWellFormed(
             f"domain XML is not well-formed at line {line}, column {column}: {message}"
         ) from None
