@@ -39,7 +39,8 @@ DISCOVER_EPILOG = """examples:
 SERVE_EPILOG = """examples (as in a hookSidecars annotation's args):
   qat-hook serve
   qat-hook serve --version v1alpha2 --device 0000:3d:02.2
-  qat-hook serve --no-hook-socket --plugin-socket /var/run/kubevirt-plugin/qat/qat.sock
+  qat-hook serve --plugin-socket /var/run/kubevirt-plugin/qat/qat.sock   (plugin only)
+  qat-hook serve --socket-dir /var/run/kubevirt-hooks --plugin-socket PATH   (both)
 """
 
 

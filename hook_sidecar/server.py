@@ -26,7 +26,7 @@ from hook_sidecar import __version__, callbacks, logs
 from hook_sidecar.discovery import env_snapshot
 from hook_sidecar.errors import HookError
 from hook_sidecar.hook import HookSettings
-from hook_sidecar.settings import repeated
+from hook_sidecar.settings import DEFAULT_SOCKET_DIR, DEFAULT_SOCKET_NAME, repeated
 
 # A VMI with large cloud-init data easily passes grpc's 4 MiB default.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -205,10 +205,13 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
             f"unknown hook API version {', '.join(unknown)}; "
             f"offer some of {', '.join(callbacks.ALL_VERSIONS)}"
         )
-    hook_socket = None if args.no_hook_socket else Path(args.socket_dir) / args.socket_name
     plugin_socket = Path(args.plugin_socket) if args.plugin_socket else None
-    if hook_socket is None and plugin_socket is None:
-        raise HookError("--no-hook-socket needs --plugin-socket, or there is nothing to serve")
+    # Plugin mode is --plugin-socket alone; naming a hook socket too serves both.
+    hook_socket = None
+    if plugin_socket is None or args.socket_dir or args.socket_name:
+        hook_socket = Path(args.socket_dir or DEFAULT_SOCKET_DIR) / (
+            args.socket_name or DEFAULT_SOCKET_NAME
+        )
     try:
         workers = int(args.workers)
     except ValueError:

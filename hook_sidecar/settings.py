@@ -22,6 +22,8 @@ from hook_sidecar.hostdevs import DEFAULT_MAX_BYTES, HostDevice, TransformOption
 from hook_sidecar.pci import PciAddress, PciAddressError
 
 DEFAULT_PODRESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+DEFAULT_SOCKET_DIR = "/var/run/kubevirt-hooks"
+DEFAULT_SOCKET_NAME = "qat.sock"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Option:
     repeat: bool = False
     boolean: bool = False
     metavar: str | None = None
+    doc_default: str | None = None
+    """Shown as the default where the real one depends on other options."""
 
     @property
     def dest(self) -> str:
@@ -147,19 +151,16 @@ SERVE_OPTIONS = (
     Option(
         "--socket-dir",
         "QAT_HOOK_SOCKET_DIR",
-        "directory of the hook socket",
-        default="/var/run/kubevirt-hooks",
+        "directory of the hook socket (with --plugin-socket alone, no hook socket is served)",
+        doc_default=DEFAULT_SOCKET_DIR,
         metavar="DIR",
     ),
     Option(
         "--socket-name",
         "QAT_HOOK_SOCKET_NAME",
         "file name of the hook socket",
-        default="qat.sock",
+        doc_default=DEFAULT_SOCKET_NAME,
         metavar="NAME",
-    ),
-    Option(
-        "--no-hook-socket", "QAT_HOOK_NO_HOOK_SOCKET", "serve only the plugin socket", boolean=True
     ),
     Option(
         "--version",
@@ -331,7 +332,7 @@ def markdown_table() -> str:
     ]
     for options, used_by in _USED_BY:
         for option in options:
-            default = "off" if option.boolean else (option.default or "")
+            default = "off" if option.boolean else (option.doc_default or option.default or "")
             rows.append(
                 f"| `{option.flag}` | `{option.env}` | {default} | {used_by} | {option.help} |"
             )

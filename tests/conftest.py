@@ -115,11 +115,11 @@ def start_server(
 ) -> ServerProcess:
     socket_dir = tmp_path / "hooks"
     plugin_socket = tmp_path / "plugin" / "qat" / "qat.sock" if plugin else None
-    command = ["serve", "--socket-dir", str(socket_dir), "--verify-sysfs", "off", *args]
+    command = ["serve", "--verify-sysfs", "off", *args]
+    if hook:
+        command += ["--socket-dir", str(socket_dir)]
     if plugin_socket is not None:
         command += ["--plugin-socket", str(plugin_socket)]
-    if not hook:
-        command.append("--no-hook-socket")
     log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
     log = log_path.open("wb")
     process = subprocess.Popen(

@@ -130,7 +130,9 @@ def test_sigterm_while_clients_hammer(
             try:
                 define(server.socket, domain_xml, vmi_json)
             except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE:
+                # Calls that arrive while the server stops are refused: UNAVAILABLE or
+                # CANCELLED. A failed hook call (INTERNAL, UNKNOWN) would be a bug.
+                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                     unexpected.append(err.code())
 
     threads = [threading.Thread(target=client) for _ in range(8)]
@@ -145,7 +147,6 @@ def test_sigterm_while_clients_hammer(
         for thread in threads:
             thread.join(10)
     assert not server.socket.exists()
-    # Once the server is gone calls fail UNAVAILABLE; nothing else is acceptable.
     assert unexpected == []
 
 

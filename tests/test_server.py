@@ -370,7 +370,6 @@ def test_plain_file_in_the_way_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (("--no-hook-socket",), "--no-hook-socket needs --plugin-socket"),
         (("--workers", "0"), "--workers must be between 1 and 16"),
         (("--socket-dir", "/tmp/" + "x" * 120), "longer than 107 bytes"),
     ],
