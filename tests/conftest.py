@@ -131,6 +131,10 @@ def start_server(
         wait_for_socket(socket, process)
     if plugin_socket is not None:
         wait_for_socket(plugin_socket, process)
+    deadline = time.monotonic() + 10
+    while "ready: serving on" not in log_path.read_text():  # logged after every bind
+        assert time.monotonic() < deadline, "no ready line"
+        time.sleep(0.01)
     return ServerProcess(process, socket, plugin_socket, log_path)
 
 
