@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,70 +94,80 @@ def podresources_source(socket_path: Path, deadline: float = DEADLINE_SECONDS) -
     return source
 
 
-def _ask_kubelet(socket_path: Path, deadline: float, inputs: Inputs, where: str) -> Looked:
+@dataclass(frozen=True)
+class _Identity:
+    """Who we are asking about: our own pod if the downward API told us, else the VMI."""
+
+    pod_name: str
+    namespace: str
+    vmi_name: str
+
+    @classmethod
+    def of(cls, inputs: Inputs) -> _Identity:
+        meta = vmis.metadata(inputs.vmi)
+        return cls(
+            pod_name=inputs.env.get("POD_NAME", ""),
+            namespace=inputs.env.get("POD_NAMESPACE", "") or str(meta.get("namespace") or ""),
+            vmi_name=str(meta.get("name") or ""),
+        )
+
+
+def _is_not_found(error: Any) -> bool:
+    return "not found" in (error.details() or "").lower()
+
+
+def _find_pod(stub: Any, who: _Identity, deadline: float, warnings: list[str]) -> tuple[Any, str]:
+    """Our pod's resources, or None and the reason; Get when we know our name, else List."""
     import grpc
 
     from hook_sidecar._generated import podresources_v1_pb2 as pb
+
+    if who.pod_name and who.namespace:
+        request = pb.GetPodResourcesRequest(pod_name=who.pod_name, pod_namespace=who.namespace)
+        try:
+            pod = stub.Get(request, timeout=deadline).pod_resources
+        except grpc.RpcError as err:
+            if _is_get_unsupported(err):
+                warnings.append(
+                    "kubelet does not serve PodResources Get (Kubernetes < 1.34 or the "
+                    "KubeletPodResourcesGet gate is off); fell back to List"
+                )
+            elif _is_not_found(err):
+                return None, f"kubelet knows no pod {who.namespace}/{who.pod_name}"
+            else:
+                raise
+        else:
+            if pod.name == who.pod_name:
+                return pod, ""
+            return None, f"kubelet knows no pod {who.namespace}/{who.pod_name}"
+    if not who.namespace or not (who.pod_name or who.vmi_name):
+        return None, "no POD_NAME/POD_NAMESPACE and no VMI name to match"
+    pods = stub.List(pb.ListPodResourcesRequest(), timeout=deadline).pod_resources
+    if who.pod_name:
+        mine = [p for p in pods if p.name == who.pod_name and p.namespace == who.namespace]
+        pod = mine[0] if mine else None
+    else:
+        pod = _select_pod(pods, who.namespace, who.vmi_name)
+    wanted = who.pod_name or f"virt-launcher-{who.vmi_name}-*"
+    return pod, "" if pod is not None else f"no pod {who.namespace}/{wanted} on this node"
+
+
+def _ask_kubelet(socket_path: Path, deadline: float, inputs: Inputs, where: str) -> Looked:
+    import grpc
+
     from hook_sidecar._generated import podresources_v1_pb2_grpc as pb_grpc
 
-    env = inputs.env
-    meta = vmis.metadata(inputs.vmi)
-    pod_name = env.get("POD_NAME", "")
-    namespace = env.get("POD_NAMESPACE", "") or str(meta.get("namespace") or "")
-    vmi_name = str(meta.get("name") or "")
     warnings: list[str] = []
-    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
-        stub = pb_grpc.PodResourcesListerStub(channel)
-        pod = None
-        try:
-            if pod_name and namespace:
-                try:
-                    answer = stub.Get(
-                        pb.GetPodResourcesRequest(pod_name=pod_name, pod_namespace=namespace),
-                        timeout=deadline,
-                    )
-                    pod = answer.pod_resources
-                    if pod.name != pod_name:
-                        return Looked(
-                            None,
-                            f"{where} (kubelet knows no pod {namespace}/{pod_name})",
-                            tuple(warnings),
-                        )
-                except grpc.RpcError as err:
-                    if not _is_get_unsupported(err):
-                        raise
-                    warnings.append(
-                        "kubelet does not serve PodResources Get (Kubernetes < 1.34 or the "
-                        "KubeletPodResourcesGet gate is off); fell back to List"
-                    )
-            if pod is None:
-                if not vmi_name or not namespace:
-                    return Looked(
-                        None,
-                        f"{where} (no POD_NAME/POD_NAMESPACE and no VMI name to match)",
-                        tuple(warnings),
-                    )
-                listing = stub.List(pb.ListPodResourcesRequest(), timeout=deadline)
-                if pod_name:
-                    pods = [
-                        p
-                        for p in listing.pod_resources
-                        if p.name == pod_name and p.namespace == namespace
-                    ]
-                    pod = pods[0] if pods else None
-                else:
-                    pod = _select_pod(listing.pod_resources, namespace, vmi_name)
-                if pod is None:
-                    wanted = pod_name or f"virt-launcher-{vmi_name}-*"
-                    return Looked(
-                        None,
-                        f"{where} (no pod {namespace}/{wanted} on this node)",
-                        tuple(warnings),
-                    )
-        except grpc.RpcError as err:
-            reason = f"{err.code().name}: {err.details()}"
-            warnings.append(f"kubelet PodResources at {socket_path} did not answer ({reason})")
-            return Looked(None, f"{where} (unreachable: {reason})", tuple(warnings))
+    try:
+        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+            stub = pb_grpc.PodResourcesListerStub(channel)
+            pod, missing = _find_pod(stub, _Identity.of(inputs), deadline, warnings)
+    except grpc.RpcError as err:
+        reason = f"{err.code().name}: {err.details()}"
+        warnings.append(f"kubelet PodResources at {socket_path} did not answer ({reason})")
+        return Looked(None, f"{where} (unreachable: {reason})", tuple(warnings))
+    if pod is None:
+        return Looked(None, f"{where} ({missing})", tuple(warnings))
     addresses, numa = devices_of(pod, inputs.config.resource_patterns)
     if not addresses:
         return Looked(

@@ -1,0 +1,382 @@
+"""Discovery from kubelet's PodResources API, against a fake kubelet.
+
+``FakeKubelet`` stands in for kubelet: a real grpc server implementing
+``v1.PodResourcesLister`` (from this project's own proto) on a unix socket in
+tmp_path, answering from a list of pods the test gives it. Nothing else can play
+kubelet on a machine without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import socket as sockets
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from hook_sidecar import discovery as d
+from hook_sidecar._generated import podresources_v1_pb2 as pb
+from hook_sidecar._generated import podresources_v1_pb2_grpc as pb_grpc
+from hook_sidecar.errors import InvalidInput, PreconditionFailed
+from hook_sidecar.podresources import podresources_source
+from tests.conftest import EXAMPLES, run_cli, start_server
+from tests.test_server import define
+
+A, B, C = "0000:3d:02.2", "0000:3d:02.3", "0000:af:01.0"
+
+
+def devices(resource: str, *ids: str, numa: tuple[int, ...] = ()) -> pb.ContainerDevices:
+    return pb.ContainerDevices(
+        resource_name=resource,
+        device_ids=list(ids),
+        topology=pb.TopologyInfo(nodes=[pb.NUMANode(ID=n) for n in numa]),
+    )
+
+
+def launcher(
+    name: str, namespace: str = "default", *compute: pb.ContainerDevices
+) -> pb.PodResources:
+    return pb.PodResources(
+        name=name,
+        namespace=namespace,
+        containers=[
+            pb.ContainerResources(name="compute", devices=list(compute)),
+            pb.ContainerResources(
+                name="hook-sidecar-0", devices=[devices("qat.intel.com/generic", C)]
+            ),
+        ],
+    )
+
+
+@dataclass
+class FakeKubelet(pb_grpc.PodResourcesListerServicer):
+    pods: list[pb.PodResources] = field(default_factory=list)
+    get_supported: bool = True
+    hang_seconds: float = 0.0
+    calls: list[str] = field(default_factory=list)
+
+    def List(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.calls.append("List")
+        time.sleep(self.hang_seconds)
+        return pb.ListPodResourcesResponse(pod_resources=self.pods)
+
+    def Get(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.calls.append("Get")
+        time.sleep(self.hang_seconds)
+        if not self.get_supported:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "method Get not implemented")
+        for pod in self.pods:
+            if pod.name == request.pod_name and pod.namespace == request.pod_namespace:
+                return pb.GetPodResourcesResponse(pod_resources=pod)
+        context.abort(
+            grpc.StatusCode.UNKNOWN,
+            f"pod {request.pod_name} not found in namespace {request.pod_namespace}",
+        )
+
+
+@pytest.fixture
+def kubelet(tmp_path: Path) -> Iterator[tuple[FakeKubelet, Path]]:
+    fake = FakeKubelet()
+    socket = tmp_path / "pod-resources" / "kubelet.sock"
+    socket.parent.mkdir()
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_PodResourcesListerServicer_to_server(fake, server)
+    server.add_insecure_port(f"unix:{socket}")
+    server.start()
+    yield fake, socket
+    server.stop(0)
+
+
+VMI: dict[str, Any] = {
+    "metadata": {"name": "vmi-qat", "namespace": "default"},
+    "spec": {
+        "domain": {
+            "resources": {"limits": {"qat.intel.com/generic": "2"}},
+            "memory": {"reservedOverhead": {"memLock": "Required"}},
+        }
+    },
+}
+
+
+def config(socket: Path, tmp_path: Path, deadline: float = 2.0) -> d.DiscoveryConfig:
+    return d.DiscoveryConfig(
+        dra_root=tmp_path / "no-dra",
+        verify_sysfs="off",
+        extra_sources=(("podresources", podresources_source(socket, deadline)),),
+    )
+
+
+def found(discovery: d.Discovery) -> list[str]:
+    return [str(a) for a in discovery.devices]
+
+
+POD = "virt-launcher-vmi-qat-x7k2p"
+
+
+def test_get_with_downward_api(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -> None:
+    fake, socket = kubelet
+    fake.pods = [
+        launcher("virt-launcher-other-abcde", "default", devices("qat.intel.com/generic", C)),
+        launcher(
+            POD,
+            "default",
+            devices("devices.kubevirt.io/kvm", "kvm0"),
+            devices("qat.intel.com/generic", "3d:02.3", A, numa=(1,)),
+        ),
+    ]
+    env = {"POD_NAME": POD, "POD_NAMESPACE": "default"}
+    result = d.discover(VMI, env, config(socket, tmp_path))
+    assert found(result) == [B, A]  # kubelet's order, normalised
+    assert result.source == "podresources"
+    assert result.detail == f"pod default/{POD} container compute"
+    assert [(str(n.address), n.nodes) for n in result.numa] == [(B, (1,)), (A, (1,))]
+    assert fake.calls == ["Get"]
+    assert result.warnings == ()
+
+
+def test_list_when_get_is_not_served(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -> None:
+    fake, socket = kubelet
+    fake.get_supported = False
+    fake.pods = [launcher(POD, "default", devices("qat.intel.com/cy", A, B))]
+    env = {"POD_NAME": POD, "POD_NAMESPACE": "default"}
+    result = d.discover(VMI, env, config(socket, tmp_path))
+    assert found(result) == [A, B]
+    assert fake.calls == ["Get", "List"]
+    assert "fell back to List" in result.warnings[0]
+
+
+def test_list_by_vmi_name_without_downward_api(
+    kubelet: tuple[FakeKubelet, Path], tmp_path: Path
+) -> None:
+    fake, socket = kubelet
+    fake.pods = [
+        launcher("virt-launcher-vmi-qat-x7k2p", "other-ns", devices("qat.intel.com/generic", C)),
+        launcher("virt-launcher-vmi-qat-2-abcde", "default", devices("qat.intel.com/generic", C)),
+        launcher(POD, "default", devices("qat.intel.com/generic", A, B)),
+        pb.PodResources(name="web-1", namespace="default"),
+    ]
+    result = d.discover(VMI, {}, config(socket, tmp_path))
+    assert found(result) == [A, B]
+    assert fake.calls == ["List"]
+
+
+def test_other_resources_and_containers_are_ignored(
+    kubelet: tuple[FakeKubelet, Path], tmp_path: Path
+) -> None:
+    fake, socket = kubelet
+    fake.pods = [
+        launcher(
+            POD,
+            "default",
+            devices("intel.com/sriov_netdevice", "0000:5e:00.1"),
+            devices("qat.intel.com/generic", A),
+        )
+    ]
+    vmi = json.loads(json.dumps(VMI))
+    vmi["spec"]["domain"]["resources"]["limits"]["qat.intel.com/generic"] = "1"
+    result = d.discover(vmi, {}, config(socket, tmp_path))
+    assert found(result) == [A]  # not the SR-IOV NIC, not hook-sidecar-0's device
+
+
+def test_two_launcher_pods_of_one_vmi(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -> None:
+    fake, socket = kubelet
+    fake.pods = [
+        launcher(POD, "default", devices("qat.intel.com/generic", A)),
+        launcher("virt-launcher-vmi-qat-9zz9z", "default", devices("qat.intel.com/generic", B)),
+    ]
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(VMI, {}, config(socket, tmp_path))
+    message = str(info.value)
+    assert "2 virt-launcher pods for VMI default/vmi-qat" in message
+    assert "POD_NAME and POD_NAMESPACE" in message
+
+
+def test_no_matching_pod_lists_what_kubelet_was_asked(
+    kubelet: tuple[FakeKubelet, Path], tmp_path: Path
+) -> None:
+    fake, socket = kubelet
+    fake.pods = [launcher("virt-launcher-someone-else-abcde", "default")]
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(VMI, {}, config(socket, tmp_path))
+    assert (
+        f"kubelet PodResources at {socket} (no pod default/virt-launcher-vmi-qat-* on this node)"
+        in str(info.value)
+    )
+
+
+def test_unknown_pod_on_get(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -> None:
+    _, socket = kubelet
+    env = {"POD_NAME": "virt-launcher-gone-aaaaa", "POD_NAMESPACE": "default"}
+    with pytest.raises(
+        PreconditionFailed, match="kubelet knows no pod default/virt-launcher-gone-aaaaa"
+    ):
+        d.discover(VMI, env, config(socket, tmp_path))
+
+
+def test_pod_without_qat_devices(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -> None:
+    fake, socket = kubelet
+    fake.pods = [launcher(POD, "default", devices("devices.kubevirt.io/kvm", "kvm0"))]
+    with pytest.raises(PreconditionFailed, match="no matching device on container compute"):
+        d.discover(VMI, {}, config(socket, tmp_path))
+
+
+def test_garbage_device_ids(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -> None:
+    fake, socket = kubelet
+    fake.pods = [launcher(POD, "default", devices("qat.intel.com/generic", "qat-vf-7"))]
+    with pytest.raises(InvalidInput) as info:
+        d.discover(VMI, {}, config(socket, tmp_path))
+    assert "device id 'qat-vf-7' for resource qat.intel.com/generic" in str(info.value)
+    assert "not a PCI address" in str(info.value)
+
+
+def test_hanging_kubelet_hits_the_deadline(
+    kubelet: tuple[FakeKubelet, Path], tmp_path: Path
+) -> None:
+    fake, socket = kubelet
+    fake.hang_seconds = 5
+    fake.pods = [launcher(POD, "default", devices("qat.intel.com/generic", A, B))]
+    started = time.monotonic()
+    result = d.discover(
+        VMI,
+        {"QAT_HOOK_DEVICES": ""},
+        d.DiscoveryConfig(
+            dra_root=tmp_path / "no-dra",
+            verify_sysfs="off",
+            on_missing="skip",
+            extra_sources=(("podresources", podresources_source(socket)),),
+        ),
+    )
+    elapsed = time.monotonic() - started
+    assert 1.9 <= elapsed < 3.0  # the default 2 s deadline, not kubelet's 5 s
+    assert any("did not answer (DEADLINE_EXCEEDED" in w for w in result.warnings)
+    assert not result.wanted  # skip: nothing else had devices
+
+
+def test_socket_missing(tmp_path: Path) -> None:
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(VMI, {}, config(tmp_path / "nope.sock", tmp_path))
+    assert "(no socket mounted)" in str(info.value)
+
+
+def test_dead_socket_is_a_warning_then_next_source(tmp_path: Path) -> None:
+    dead = tmp_path / "dead.sock"
+    holder = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    holder.bind(str(dead))  # exists, nobody accepts
+    holder.close()
+    dra = tmp_path / "dra" / "resourceclaims" / "c" / "r"
+    dra.mkdir(parents=True)
+    (dra / "x-metadata.json").write_text(
+        json.dumps(
+            {
+                "requests": [
+                    {
+                        "devices": [
+                            {"attributes": {"resource.kubernetes.io/pciBusID": {"string": A}}},
+                            {"attributes": {"resource.kubernetes.io/pciBusID": {"string": B}}},
+                        ]
+                    }
+                ]
+            }
+        )
+    )
+    cfg = d.DiscoveryConfig(
+        dra_root=tmp_path / "dra",
+        verify_sysfs="off",
+        extra_sources=(("podresources", podresources_source(dead, 0.5)),),
+    )
+    result = d.discover(VMI, {}, cfg)
+    assert result.source == "dra"
+    assert any("did not answer (UNAVAILABLE" in w for w in result.warnings)
+
+
+def test_environment_wins_and_kubelet_is_not_asked(
+    kubelet: tuple[FakeKubelet, Path], tmp_path: Path
+) -> None:
+    fake, socket = kubelet
+    fake.pods = [launcher(POD, "default", devices("qat.intel.com/generic", A, B))]
+    result = d.discover(VMI, {"QAT0": A, "QAT1": B}, config(socket, tmp_path))
+    assert result.source == "environment"
+    assert fake.calls == []
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def test_server_injects_exactly_the_allocated_vfs(
+    kubelet: tuple[FakeKubelet, Path], tmp_path: Path, domain_xml: bytes
+) -> None:
+    fake, socket = kubelet
+    fake.pods = [
+        launcher("virt-launcher-vmi-qat-aaaaa", "ns2", devices("qat.intel.com/generic", C)),
+        launcher(POD, "default", devices("qat.intel.com/generic", B, A, numa=(0,))),
+    ]
+    proc = start_server(
+        tmp_path,
+        "--podresources-socket",
+        str(socket),
+        POD_NAME=POD,
+        POD_NAMESPACE="default",
+    )
+    try:
+        vmi = json.loads((EXAMPLES / "vmi.json").read_text())
+        vmi["spec"]["domain"]["resources"]["limits"]["qat.intel.com/generic"] = "2"
+        vmi["spec"]["domain"]["resources"]["requests"]["qat.intel.com/generic"] = "2"
+        out = define(proc.socket, domain_xml, json.dumps(vmi).encode())
+    finally:
+        proc.stop()
+    assert out.count(b"<hostdev ") == 2
+    first, second = out.split(b"<hostdev ")[1:]
+    assert b'bus="0x3d" slot="0x02" function="0x3"' in first
+    assert b'bus="0x3d" slot="0x02" function="0x2"' in second
+    assert b'bus="0xaf"' not in out
+    call = next(json.loads(line) for line in proc.log_lines() if "OnDefineDomain: injected" in line)
+    assert call["source"] == "podresources"
+    assert call["devices"] == [B, A]
+
+
+def test_discover_shows_numa(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -> None:
+    fake, socket = kubelet
+    fake.pods = [launcher(POD, "default", devices("qat.intel.com/generic", A, numa=(1,)))]
+    args = (
+        "discover",
+        "--vmi",
+        str(EXAMPLES / "vmi.json"),
+        "--podresources-socket",
+        str(socket),
+        "--verify-sysfs",
+        "off",
+        "--dra-root",
+        str(tmp_path / "none"),
+    )
+    proc = run_cli(*args, "--output", "json", POD_NAME=POD, POD_NAMESPACE="default")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["numa"] == [{"device": A, "nodes": [1]}]
+    assert data["source"] == "podresources"
+    text = run_cli(*args, POD_NAME=POD, POD_NAMESPACE="default")
+    assert f"device:   {A}  (NUMA node 1)" in text.stdout.decode()
+
+
+def test_concurrent_discoveries(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -> None:
+    """Concurrent callbacks each ask kubelet once and get the same answer."""
+    fake, socket = kubelet
+    fake.pods = [launcher(POD, "default", devices("qat.intel.com/generic", A, B))]
+    cfg = config(socket, tmp_path)
+    results: list[list[str]] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(found(d.discover(VMI, {}, cfg))))
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results == [[A, B]] * 8
+    assert fake.calls == ["List"] * 8
