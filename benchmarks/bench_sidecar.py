@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -137,10 +138,14 @@ def leak_check(
     return after_1k, status_mib(pid, "VmRSS")
 
 
-def run(
-    calls: int, starts: int = 7, leak: bool = False
-) -> tuple[dict[str, float], tuple[float, float] | None]:
-    """The benchmark's numbers, and the leak check's (when asked for)."""
+@dataclass(frozen=True)
+class Report:
+    numbers: dict[str, float]
+    ratio: float  # transform / floor, median of paired rounds
+    leak: tuple[float, float] | None  # RSS after 1k and 10k calls, when asked for
+
+
+def run(calls: int, starts: int = 7, leak: bool = False) -> Report:
     leak_numbers = None
     with tempfile.TemporaryDirectory(prefix="qat-bench-") as tmp:
         socket = Path(tmp) / "qat.sock"
@@ -184,7 +189,7 @@ def run(
         finally:
             server.terminate()
             server.wait(10)
-    floor = measure_transform(rounds=15)
+    floor = measure_transform(rounds=21)
     numbers = {
         "ready_cpu_ms": round(ready_cpu, 1),
         "ready_wall_ms": round(ready_wall, 1),
@@ -198,7 +203,7 @@ def run(
         "transform_us": floor["transform_us"],
         "parse_serialize_us": floor["parse_serialize_us"],
     }
-    return numbers, leak_numbers
+    return Report(numbers, floor["ratio"], leak_numbers)
 
 
 def main() -> int:
@@ -209,7 +214,8 @@ def main() -> int:
         "--leak", action="store_true", help="also report RSS after 1k and 10k concurrent calls"
     )
     args = parser.parse_args()
-    result, leak = run(args.calls, leak=args.leak)
+    report = run(args.calls, leak=args.leak)
+    result, leak = report.numbers, report.leak
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, grpcio {grpc.__version__}; {args.calls} calls, "
@@ -221,8 +227,7 @@ def main() -> int:
         if budget is not None:
             note = f"  (budget <= {budget}: {'ok' if result[key] <= budget else 'OVER'})"
         if key == "transform_us":
-            ratio = result[key] / result["parse_serialize_us"]
-            note = f"  ({ratio:.2f}x the floor; target 1.2x)"
+            note = f"  ({report.ratio:.2f}x the floor, median of paired rounds; target 1.2x)"
         print(f"{key:24} {result[key]:>10}{note}")
     if leak is not None:
         print(f"{'rss_after_1k_mib':24} {leak[0]:>10.1f}")

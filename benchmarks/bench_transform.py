@@ -3,7 +3,8 @@
 
 The floor is a bare lxml parse plus serialize of the same bytes: the least
 any lxml-based rewrite can cost. The transform parses (hardened) but does not
-serialize; it splices the new block into the input bytes instead.
+serialize; it splices the new block into the input bytes instead. The ratio is
+the median of per-round ratios, each round timing both back to back.
 
     python benchmarks/bench_transform.py [--rounds N] [--json]
 """
@@ -29,30 +30,42 @@ from hook_sidecar.pci import PciAddress  # noqa: E402
 from hook_sidecar.transform import transform  # noqa: E402
 
 
-def median_us(function: Callable[[], object], rounds: int, batch: int) -> float:
-    """Median over ``rounds`` of the mean time per call in a batch, in microseconds."""
+def batch_us(function: Callable[[], object], batch: int) -> float:
+    started = time.perf_counter()
     for _ in range(batch):
-        function()  # warm caches and the parser
-    samples = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        for _ in range(batch):
-            function()
-        samples.append((time.perf_counter() - started) / batch * 1e6)
-    return statistics.median(samples)
+        function()
+    return (time.perf_counter() - started) / batch * 1e6
 
 
 def measure(rounds: int = 31, batch: int = 200) -> dict[str, float]:
+    """Medians over ``rounds``; each round times a batch of both, back to back.
+
+    Interleaving keeps the ratio honest on a shared, noisy machine: whatever slows
+    one batch down slows its neighbour too.
+    """
     data = (ROOT / "examples" / "domain.xml").read_bytes()
     devices = [HostDevice(PciAddress.parse("0000:3d:02.2"))]
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
-    transform_us = median_us(lambda: transform(data, devices), rounds, batch)
-    floor_us = median_us(lambda: etree.tostring(etree.fromstring(data, parser)), rounds, batch)
+
+    def hook() -> object:
+        return transform(data, devices)
+
+    def floor() -> object:
+        return etree.tostring(etree.fromstring(data, parser))
+
+    for function in (hook, floor):
+        batch_us(function, batch)  # warm caches and the parser
+    hooks, floors, ratios = [], [], []
+    for _ in range(rounds):
+        hook_us, floor_us = batch_us(hook, batch), batch_us(floor, batch)
+        hooks.append(hook_us)
+        floors.append(floor_us)
+        ratios.append(hook_us / floor_us)
     return {
         "domain_bytes": len(data),
-        "transform_us": round(transform_us, 1),
-        "parse_serialize_us": round(floor_us, 1),
-        "ratio": round(transform_us / floor_us, 2),
+        "transform_us": round(statistics.median(hooks), 1),
+        "parse_serialize_us": round(statistics.median(floors), 1),
+        "ratio": round(statistics.median(ratios), 2),
     }
 
 

@@ -33,6 +33,7 @@ ALL_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3")
 ON_DEFINE_DOMAIN = "OnDefineDomain"
 SHUTDOWN = "Shutdown"
 LIBVIRT_DOMAIN_TYPE = "libvirt"
+MIGRATION_TARGET = "MigrationTarget"
 
 
 def status_for(error: HookError) -> grpc.StatusCode:
@@ -57,10 +58,17 @@ class HookRunner:
         domain_xml: bytes,
         vmi_json: bytes,
         callback: str,
+        migration_target: bool = False,
         **fields: Any,
     ) -> bytes:
         try:
-            outcome = on_define_domain(domain_xml, vmi_json, self._env, self._settings)
+            outcome = on_define_domain(
+                domain_xml,
+                vmi_json,
+                self._env,
+                self._settings,
+                migration_target=migration_target,
+            )
         except HookError as err:
             code = status_for(err)
             self._log.error("%s refused: %s", callback, err, extra={"code": code.name, **fields})
@@ -182,7 +190,12 @@ class DomainHookServicer(plugins_v1alpha1_pb2_grpc.DomainHookServiceServicer):
                 f"only {LIBVIRT_DOMAIN_TYPE!r} domains can be mutated",
             )
         xml = self._runner.run(
-            context, request.domain, request.vmi, "MutateDomain", invocation=invocation
+            context,
+            request.domain,
+            request.vmi,
+            "MutateDomain",
+            migration_target=invocation == MIGRATION_TARGET,
+            invocation=invocation,
         )
         return plugins_v1alpha1_pb2.MutateDomainResponse(domain=xml)
 

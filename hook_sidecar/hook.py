@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from hook_sidecar import discovery
 from hook_sidecar import vmi as vmis
+from hook_sidecar.errors import PreconditionFailed
 from hook_sidecar.hostdevs import TransformOptions, TransformResult
 from hook_sidecar.pci import PciAddress
 from hook_sidecar.settings import host_devices
@@ -41,10 +42,28 @@ def on_define_domain(
     vmi_json: bytes | str | None,
     env: Mapping[str, str],
     settings: HookSettings,
+    *,
+    migration_target: bool = False,
 ) -> HookOutcome:
-    """Decide, discover and transform. A VMI that asks for nothing gets its bytes back."""
+    """Decide, discover and transform. A VMI that asks for nothing gets its bytes back.
+
+    ``migration_target`` is set when KubeVirt says so (the plugin API's
+    ``MigrationTarget``): a VM with a host PCI device cannot live-migrate, so a VMI
+    that wants a VF is refused there, failing the migration early and clearly
+    while the source VM keeps running.
+    """
     started = time.perf_counter()
     vmi = vmis.parse_vmi(vmi_json or b"")
+    if migration_target:
+        request = vmis.read_request(
+            vmi, settings.discovery.resource_patterns, settings.discovery.allow_vmi_devices
+        )
+        if request.wanted:
+            raise PreconditionFailed(
+                f"VMI {vmis.display_name(vmi)} has a QAT VF passed through ({request.reason}) "
+                "and cannot be live-migrated; set spec.evictionStrategy: None, and stop and "
+                "start the VM to move it"
+            )
     found = discovery.discover(vmi, env, settings.discovery, require_request=vmi_json is not None)
     result = None
     output = domain_xml

@@ -67,14 +67,20 @@ def define_error(path: Path, domain: bytes, vmi: bytes) -> grpc.RpcError:
     return info_.value
 
 
-def mutate(path: Path, domain: bytes, vmi: bytes, domain_type: str = "libvirt") -> bytes:
+def mutate(
+    path: Path,
+    domain: bytes,
+    vmi: bytes,
+    domain_type: str = "libvirt",
+    invocation: str = "Boot",
+) -> bytes:
     with grpc.insecure_channel(f"unix:{path}") as channel:
         result = plugins_v1alpha1_pb2_grpc.DomainHookServiceStub(channel).MutateDomain(
             plugins_v1alpha1_pb2.MutateDomainRequest(
                 domain_type=domain_type,
                 domain=domain,
                 vmi=vmi,
-                sidecar_context=plugins_v1alpha1_pb2.SidecarContext(invocation_context="Boot"),
+                sidecar_context=plugins_v1alpha1_pb2.SidecarContext(invocation_context=invocation),
             ),
             timeout=30,
         )
@@ -156,6 +162,21 @@ def test_mutate_domain_rejects_other_domain_types(
         mutate(server.plugin_socket, domain_xml, vmi_json, domain_type="cloud-hypervisor")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "domain_type 'cloud-hypervisor' is not supported" in (err.value.details() or "")
+
+
+def test_mutate_domain_refuses_migration_target(
+    server: ServerProcess, domain_xml: bytes, vmi_json: bytes
+) -> None:
+    assert server.plugin_socket is not None
+    with pytest.raises(grpc.RpcError) as err:
+        mutate(server.plugin_socket, domain_xml, vmi_json, invocation="MigrationTarget")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot be live-migrated" in (err.value.details() or "")
+    # A VMI without QAT migrates as usual: passed through.
+    plain = json.dumps({"metadata": {"name": "plain", "namespace": "ns"}}).encode()
+    assert (
+        mutate(server.plugin_socket, domain_xml, plain, invocation="MigrationTarget") == domain_xml
+    )
 
 
 def test_vmi_asking_nothing_passes_through_byte_identical(server: ServerProcess) -> None:
