@@ -109,6 +109,7 @@ def test_dra_example_is_consistent() -> None:
     expression = policy["spec"]["mutations"][0]["applyConfiguration"]["expression"]
     assert f'claims{{name: "{claim["name"]}"}}' in expression
     assert 'startsWith("hook-sidecar-")' in expression and 'c.name == "compute"' in expression
+    assert makefile_image().rsplit(":", 1)[0] + ":" in expression
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert policy["spec"]["matchConstraints"]["objectSelector"]["matchLabels"] == {
         "kubevirt.io": "virt-launcher"

@@ -284,6 +284,7 @@ def test_annotation_route_policy_conditions(path: Path) -> None:
     policy = load_all(path)[0]
     pod = copy.deepcopy(POD)
     pod["spec"]["containers"].append({"name": "hook-sidecar-0", "image": makefile_image()})
+    pod["spec"]["containers"].append({"name": "hook-sidecar-1", "image": "example.com/other:1"})
     conditions = [c["expression"] for c in policy["spec"]["matchConditions"]]
     assert all(cel(expression, object=pod) for expression in conditions)
     # The mutation filters the containers it touches with this very CEL predicate.
@@ -292,6 +293,7 @@ def test_annotation_route_policy_conditions(path: Path) -> None:
     assert predicate is not None
     touched = [c["name"] for c in pod["spec"]["containers"] if cel(predicate.group(1), c=c)]
     assert "hook-sidecar-0" in touched
+    assert "hook-sidecar-1" not in touched  # another hook's sidecar gets nothing
     assert "volumecontainerdisk" not in touched
 
 
