@@ -12,10 +12,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from hook_sidecar import __version__, settings
 from hook_sidecar.errors import HookError
+
+if TYPE_CHECKING:
+    from hook_sidecar.hook import HookSettings
 
 PROG = "qat-hook"
 
@@ -124,7 +127,7 @@ def _read(path: str, what: str) -> bytes:
         raise HookError(f"cannot read {what} {path}: {err.strerror or err}") from None
 
 
-def _hook_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _hook_settings(args: argparse.Namespace) -> HookSettings:
     from hook_sidecar.hook import HookSettings
 
     return HookSettings(
