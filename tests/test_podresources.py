@@ -254,7 +254,7 @@ def test_hanging_kubelet_hits_the_deadline(
         ),
     )
     elapsed = time.monotonic() - started
-    assert 1.9 <= elapsed < 3.0  # the default 2 s deadline, not kubelet's 5 s
+    assert 1.9 <= elapsed < 4.0  # the default 2 s deadline, not kubelet's 5 s
     assert any("did not answer (DEADLINE_EXCEEDED" in w for w in result.warnings)
     assert not result.wanted  # skip: nothing else had devices
 
