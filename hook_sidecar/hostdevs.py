@@ -7,7 +7,7 @@ never loads the XML stack at all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from hook_sidecar.pci import PciAddress
@@ -50,8 +50,4 @@ class TransformResult:
 
     xml: bytes
     added: tuple[AddedDevice, ...] = ()
-    already_present: tuple[PciAddress, ...] = field(default=())
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.added)
+    already_present: tuple[PciAddress, ...] = ()
