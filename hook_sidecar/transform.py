@@ -432,7 +432,24 @@ def _free_aliases(taken: Iterable[str], prefix: str) -> Iterator[str]:
         number += 1
 
 
+def _check_guest_addresses(root: etree._Element, wanted: Sequence[HostDevice]) -> None:
+    used = {
+        _address_of(el, "a device's guest address"): el.getparent()
+        for el in _elements(_GUEST_ADDRESSES, root)
+    }
+    for device in wanted:
+        holder = used.get(device.guest_address) if device.guest_address else None
+        if holder is not None:
+            raise GuestAddressConflict(
+                f"guest PCI address {device.guest_address} requested for {device.address} "
+                f"is already used by {_describe(holder)}; choose a free guest address "
+                "or drop the guest placement"
+            )
+
+
 def _check_unique(devices: Sequence[HostDevice]) -> None:
+    if len(devices) < 2:
+        return
     seen: set[PciAddress] = set()
     guests: dict[PciAddress, PciAddress] = {}
     for device in devices:
@@ -452,6 +469,9 @@ def _check_unique(devices: Sequence[HostDevice]) -> None:
 # --- the transform ------------------------------------------------------------
 
 
+_DEFAULT_OPTIONS = TransformOptions()
+
+
 def transform(
     domain_xml: bytes,
     devices: Sequence[HostDevice],
@@ -463,7 +483,7 @@ def transform(
     skipped, so running the output through again with the same devices gives
     the same bytes.
     """
-    options = options or TransformOptions()
+    options = options or _DEFAULT_OPTIONS
     if options.managed not in ("no", "yes"):
         raise InvalidInput(f"managed must be 'no' or 'yes', not {options.managed!r}")
     if len(domain_xml) > options.max_bytes:
@@ -487,19 +507,8 @@ def transform(
     if not wanted:
         return TransformResult(xml=data, already_present=already)
 
-    used_guest = {
-        _address_of(el, "a device's guest address"): el.getparent()
-        for el in _elements(_GUEST_ADDRESSES, root)
-    }
-    for device in wanted:
-        holder = used_guest.get(device.guest_address) if device.guest_address else None
-        if holder is not None:
-            raise GuestAddressConflict(
-                f"guest PCI address {device.guest_address} requested for {device.address} "
-                f"is already used by {_describe(holder)}; choose a free guest address "
-                "or drop the guest placement"
-            )
-
+    if any(device.guest_address for device in wanted):
+        _check_guest_addresses(root, wanted)
     taken = _ALIASES(root)
     names = [str(name) for name in taken] if isinstance(taken, list) else []
     aliases = _free_aliases(names, options.alias_prefix)
@@ -515,7 +524,7 @@ def transform(
         inner = sep + unit if sep else ""
         return f"{sep}<devices>{hostdevs(inner)}{sep}</devices>"
 
-    devices_element = root.find("devices")
+    devices_element = next(root.iterchildren("devices"), None)
     if devices_element is None:
         data = _append_children(data, root, root, devices_with_hostdevs, unit)
     else:
