@@ -8,7 +8,7 @@ set -euo pipefail
 
 want=(python3-venv)
 if [ "${1:-demo}" = "test" ]; then
-  want+=(libvirt-dev libvirt0 pkg-config gcc python3-dev)
+  want+=(libvirt-dev libvirt0 pkg-config gcc python3-dev golang-go)
 fi
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
