@@ -10,7 +10,7 @@ import argparse
 import difflib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -45,10 +45,6 @@ SERVE_EPILOG = """examples (as in a hookSidecars annotation's args):
   qat-hook serve --plugin-socket /var/run/kubevirt-plugin/qat/qat.sock   (plugin only)
   qat-hook serve --socket-dir /var/run/kubevirt-hooks --plugin-socket PATH   (both)
 """
-
-
-class UsageError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -211,22 +207,27 @@ def run_serve(args: argparse.Namespace) -> int:
     return serve_from_args(args, _hook_settings(args))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    runners = {"transform": run_transform, "discover": run_discover, "serve": run_serve}
+def _guarded(prog: str, action: Callable[[], int]) -> int:
+    """Run ``action``; any error becomes one line on stderr and exit 1, never a traceback."""
     try:
-        return runners[args.command](args)
+        return action()
     except HookError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # noqa: BLE001 - the one place that turns bugs into a line
         print(
-            f"{PROG}: internal error ({type(err).__name__}): {err}; please report it",
+            f"{prog}: internal error ({type(err).__name__}): {err}; please report it",
             file=sys.stderr,
         )
         return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runners = {"transform": run_transform, "discover": run_discover, "serve": run_serve}
+    return _guarded(PROG, lambda: runners[args.command](args))
 
 
 def shim_main(argv: Sequence[str] | None = None) -> int:
@@ -240,7 +241,8 @@ def shim_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     settings.add_options(parser, settings.DISCOVERY_OPTIONS + settings.TRANSFORM_OPTIONS)
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         from hook_sidecar.discovery import env_snapshot
         from hook_sidecar.hook import on_define_domain
 
@@ -252,12 +254,8 @@ def shim_main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.buffer.write(outcome.domain_xml)
         sys.stdout.flush()
         return 0
-    except HookError as err:
-        print(f"onDefineDomain: error: {err}", file=sys.stderr)
-        return 1
-    except Exception as err:  # noqa: BLE001
-        print(f"onDefineDomain: internal error ({type(err).__name__}): {err}", file=sys.stderr)
-        return 1
+
+    return _guarded("onDefineDomain", run)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
@@ -106,7 +106,7 @@ class Discovery:
     detail: str = ""
     expected: int | None = None
     warnings: tuple[str, ...] = ()
-    numa: tuple[NumaInfo, ...] = field(default=())
+    numa: tuple[NumaInfo, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {

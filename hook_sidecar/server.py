@@ -15,6 +15,7 @@ import signal
 import socket
 import stat
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,12 +86,7 @@ def prepare_socket(path: Path) -> None:
 
 
 def _bind(
-    path: Path,
-    services: str,
-    config: ServeConfig,
-    executor: ThreadPoolExecutor,
-    runner: callbacks.HookRunner,
-    stop: threading.Event,
+    path: Path, add_services: Callable[[grpc.Server], None], executor: ThreadPoolExecutor
 ) -> _Listener:
     prepare_socket(path)
     server = grpc.server(
@@ -101,10 +97,7 @@ def _bind(
             ("grpc.so_reuseport", 0),
         ],
     )
-    if services == "hook":
-        callbacks.add_hook_services(server, runner, config.name, config.versions, stop.set)
-    else:
-        callbacks.add_plugin_services(server, runner)
+    add_services(server)
     server.add_insecure_port(f"unix:{path}")
     server.start()
     # virt-launcher may run as uid 107 while we run as root (or the reverse):
@@ -136,29 +129,20 @@ class HookServer:
         self._listeners: list[_Listener] = []
 
     def start(self) -> None:
+        config, runner = self.config, self._runner
+        wanted: list[tuple[Path | None, Callable[[grpc.Server], None]]] = [
+            (
+                config.hook_socket,
+                lambda server: callbacks.add_hook_services(
+                    server, runner, config.name, config.versions, self.stop_requested.set
+                ),
+            ),
+            (config.plugin_socket, lambda server: callbacks.add_plugin_services(server, runner)),
+        ]
         try:
-            if self.config.hook_socket is not None:
-                self._listeners.append(
-                    _bind(
-                        self.config.hook_socket,
-                        "hook",
-                        self.config,
-                        self._executor,
-                        self._runner,
-                        self.stop_requested,
-                    )
-                )
-            if self.config.plugin_socket is not None:
-                self._listeners.append(
-                    _bind(
-                        self.config.plugin_socket,
-                        "plugin",
-                        self.config,
-                        self._executor,
-                        self._runner,
-                        self.stop_requested,
-                    )
-                )
+            for path, add_services in wanted:
+                if path is not None:
+                    self._listeners.append(_bind(path, add_services, self._executor))
         except BaseException:
             self.stop()
             raise
