@@ -35,6 +35,8 @@ class HookOutcome:
     discovery: discovery.Discovery
     result: TransformResult | None
     duration_ms: float
+    warnings: tuple[str, ...] = ()
+    """Everything the user should hear about: discovery's and the transform's warnings."""
 
 
 def on_define_domain(
@@ -80,4 +82,5 @@ def on_define_domain(
         discovery=found,
         result=result,
         duration_ms=(time.perf_counter() - started) * 1000,
+        warnings=found.warnings + (result.warnings if result else ()),
     )

@@ -16,6 +16,7 @@ DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 ALIAS_PREFIX = "ua-qat-"
 
 Managed = Literal["no", "yes"]
+NumaPlacement = Literal["auto", "off", "strict"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class HostDevice:
 
     address: PciAddress
     guest_address: PciAddress | None = None
+    numa_node: int | None = None
+    """The VF's host NUMA node when known (sysfs or kubelet); drives guest NUMA placement."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class TransformOptions:
     managed: Managed = "no"
     max_bytes: int = DEFAULT_MAX_BYTES
     alias_prefix: str = ALIAS_PREFIX
+    numa_placement: NumaPlacement = "auto"
 
 
 @dataclass(frozen=True)
@@ -51,3 +55,4 @@ class TransformResult:
     xml: bytes
     added: tuple[AddedDevice, ...] = ()
     already_present: tuple[PciAddress, ...] = ()
+    warnings: tuple[str, ...] = ()
