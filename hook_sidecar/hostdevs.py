@@ -46,6 +46,8 @@ class AddedDevice:
     address: PciAddress
     alias: str
     guest_address: PciAddress | None = None
+    guest_cell: int | None = None
+    """The guest NUMA cell the device was placed on, when NUMA placement placed it."""
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,12 @@ class Placement:
 
     ``controllers`` are new ``<controller>`` elements (expander buses, root
     ports) to append to ``<devices>`` before the hostdevs; ``guest_addresses``
-    maps a VF's host address to the guest address of its root port (slot 0).
+    maps a VF's host address to the guest address of its root port (slot 0),
+    and ``cells`` to the guest NUMA cell it was placed on.
     """
 
     guest_addresses: Mapping[PciAddress, PciAddress] = field(default_factory=dict)
+    cells: Mapping[PciAddress, int] = field(default_factory=dict)
     controllers: tuple[etree._Element, ...] = ()
     warnings: tuple[str, ...] = ()
 
