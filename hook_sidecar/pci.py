@@ -102,4 +102,4 @@ def _c_integer(text: str) -> int:
         return int(lowered[2:], 16)
     if len(lowered) > 1 and lowered.startswith("0"):
         return int(lowered[1:], 8)
-    return int(lowered, 10)
+    return int(lowered)

@@ -4,7 +4,8 @@ The generated domains vary what real ones vary: indentation (tabs, spaces,
 none), Go-style ``<x></x>`` or ``<x/>`` empties, quote style, comments,
 existing hostdevs (KubeVirt's own, with ``ua-hostdevice-`` aliases), guest PCI
 addresses on other devices, namespaced metadata and ``qemu:commandline``, an
-XML declaration, and a missing or empty ``<devices>``.
+XML declaration, comments and PIs before the root, CDATA that looks like markup,
+and a missing or empty ``<devices>``.
 """
 
 from __future__ import annotations
@@ -140,9 +141,13 @@ def domains(draw: st.DrawFn) -> GeneratedDomain:
             + line(2, style.empty("qemu:arg", {"value": "-nodefaults"}))
             + line(1, "</qemu:commandline>")
         )
+    description = ""
+    if draw(st.booleans()):
+        description = line(1, "<description><![CDATA[ </devices> <devices/> ]]></description>")
     before_devices = draw(st.booleans())
     body = (
         line(1, "<name>default_vm</name>")
+        + description
         + line(1, f"<memory unit={q}b{q}>1073741824</memory>")
         + (metadata if before_devices else "")
         + devices_block
@@ -153,8 +158,9 @@ def domains(draw: st.DrawFn) -> GeneratedDomain:
         + qemu
     )
     declaration = draw(st.sampled_from(["", '<?xml version="1.0" encoding="UTF-8"?>\n']))
+    prolog = draw(st.sampled_from(["", "<!-- generated -->\n", "<?tool x?>\n<!-- a -->"]))
     xml = (
-        f"{declaration}<domain type={q}kvm{q} "
+        f"{declaration}{prolog}<domain type={q}kvm{q} "
         f"xmlns:qemu={q}http://libvirt.org/schemas/domain/qemu/1.0{q}>"
         f"{body}{nl}</domain>{nl}"
     )

@@ -107,3 +107,41 @@ def test_short_form_is_domain_zero(address: PciAddress) -> None:
 def test_out_of_range_slot_rejected(domain: int, bus: int, slot: int, function: int) -> None:
     with pytest.raises(PciAddressError):
         PciAddress.parse(f"{domain:04x}:{bus:02x}:{slot:02x}.{function}")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"domain": 0x10000}, "PCI domain 0x10000 is out of range (0 to 0xffff)"),
+        ({"bus": 0x100}, "PCI bus 0x100 is out of range (0 to 0xff)"),
+        ({"slot": 0x20}, "PCI slot 0x20 is out of range (0 to 0x1f)"),
+        ({"function": 8}, "PCI function 0x8 is out of range (0 to 0x7)"),
+        ({"bus": -1}, "PCI bus -0x1 is out of range (0 to 0xff)"),
+    ],
+)
+def test_each_field_is_range_checked_by_name(fields: dict[str, int], message: str) -> None:
+    values = {"domain": 0, "bus": 0, "slot": 0, "function": 0, **fields}
+    with pytest.raises(PciAddressError) as info:
+        PciAddress(**values)
+    assert str(info.value) == message
+
+
+def test_function_is_hex() -> None:
+    """A hex letter is read as hex (and then out of range), never a crash."""
+    with pytest.raises(PciAddressError) as info:
+        PciAddress.parse("3d:02.a")
+    assert str(info.value) == "'3d:02.a': PCI function 0xa is out of range (0 to 0x7)"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("0", 0), ("7", 7), ("07", 7), ("010", 8), ("0x1F", 31), ("31", 31)]
+)
+def test_c_integers_as_libvirt_reads_them(text: str, value: int) -> None:
+    assert PciAddress.from_libvirt({"slot": text}).slot == value
+
+
+@pytest.mark.parametrize("text", ["08", "09", "0x", "1a", ""])
+def test_not_c_integers_are_refused(text: str) -> None:
+    """libvirt reads "08" as octal and refuses it; so does the hook."""
+    with pytest.raises(PciAddressError, match="is not a number"):
+        PciAddress.from_libvirt({"slot": text})
