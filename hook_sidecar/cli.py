@@ -9,22 +9,26 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from hook_sidecar import __version__, settings
-from hook_sidecar.errors import HookError
+from hook_sidecar.errors import HookError, InvalidInput
 
 if TYPE_CHECKING:
     from hook_sidecar.hook import HookSettings
+    from hook_sidecar.server import ServeConfig
 
 PROG = "qat-hook"
 
 TRANSFORM_EPILOG = """examples:
   qat-hook transform examples/domain.xml --device 0000:3d:02.2 --diff
-  qat-hook transform domain.xml --vmi vmi.json -o new-domain.xml --validate
+  qat-hook transform examples/domain.xml --vmi examples/vmi.json --device 0000:3d:02.2 \
+      -o new.xml --validate
   QAT0=0000:3d:02.2 qat-hook transform - < domain.xml
   qat-hook transform domain.xml --device 3d:02.2 --guest-address 3d:02.2=00:10.0
 
@@ -36,7 +40,12 @@ cluster (only when the VMI asks, and the counts must match).
 
 DISCOVER_EPILOG = """examples:
   qat-hook discover --vmi examples/vmi.json
-  QAT0=0000:3d:02.2 qat-hook discover --vmi examples/vmi.json --output json
+  QAT0=0000:3d:02.2 qat-hook discover --vmi examples/vmi.json --format json
+  QAT0=0000:3d:02.2 qat-hook discover --vmi examples/vmi.json --domain examples/domain.xml
+
+Each device line shows the VF's host NUMA node (from kubelet, or sysfs under
+--sysfs-root); with --domain also the guest NUMA cell the transform would put
+it on for that domain.
 """
 
 SERVE_EPILOG = """examples (as in a hookSidecars annotation's args):
@@ -54,7 +63,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``qat-hook`` parser; option defaults come from ``environ`` (the process's)."""
+    env = os.environ if environ is None else environ
     parser = _Parser(
         prog=PROG,
         description="KubeVirt hook sidecar that gives VMs an Intel QAT virtual function.",
@@ -77,16 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="libvirt domain XML (default: stdin)",
     )
     transform.add_argument("--vmi", metavar="VMI.json", help="the VMI object as JSON")
-    transform.add_argument("-o", "--output", metavar="OUT", help="write the result here")
+    transform.add_argument("-o", "--output", metavar="OUT", help="write the result to this file")
     transform.add_argument(
-        "--diff", action="store_true", help="print a unified diff of input and output"
+        "--diff",
+        action="store_true",
+        help="print a unified diff of the input (as the hook writes XML) and the output",
     )
     transform.add_argument(
         "--validate",
         action="store_true",
-        help="check the result with libvirt (needs libvirt-python)",
+        help="check the result with libvirt (needs libvirt-python: pip install '.[validate]')",
     )
-    settings.add_options(transform, settings.DISCOVERY_OPTIONS + settings.TRANSFORM_OPTIONS)
+    settings.add_options(transform, settings.DISCOVERY_OPTIONS + settings.TRANSFORM_OPTIONS, env)
 
     discover = commands.add_parser(
         "discover",
@@ -94,9 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=DISCOVER_EPILOG,
         formatter_class=formatter,
     )
-    discover.add_argument("--vmi", metavar="VMI.json", required=True)
-    discover.add_argument("--output", choices=("text", "json"), default="text")
-    settings.add_options(discover, settings.DISCOVERY_OPTIONS)
+    discover.add_argument(
+        "--vmi",
+        metavar="VMI.json",
+        required=True,
+        help="the VirtualMachineInstance as JSON (kubectl get vmi NAME -o json)",
+    )
+    discover.add_argument(
+        "--format",
+        "--output",
+        dest="format",
+        choices=("text", "json"),
+        default="text",
+        help="text for people, json for scripts (--output is the older spelling)",
+    )
+    discover.add_argument(
+        "--domain",
+        metavar="DOMAIN.xml",
+        help="also run the transform on this domain and show each VF's guest NUMA cell",
+    )
+    settings.add_options(discover, settings.DISCOVERY_OPTIONS + settings.TRANSFORM_OPTIONS, env)
 
     serve = commands.add_parser(
         "serve",
@@ -110,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         + settings.DISCOVERY_OPTIONS
         + settings.TRANSFORM_OPTIONS
         + settings.LOG_OPTIONS,
+        env,
     )
     return parser
 
@@ -123,9 +154,19 @@ def _read(path: str, what: str) -> bytes:
         raise HookError(f"cannot read {what} {path}: {err.strerror or err}") from None
 
 
-def _hook_settings(args: argparse.Namespace) -> HookSettings:
+ALL_OPTIONS = (
+    settings.DISCOVERY_OPTIONS
+    + settings.TRANSFORM_OPTIONS
+    + settings.LOG_OPTIONS
+    + settings.SERVE_OPTIONS
+)
+
+
+def hook_settings(args: argparse.Namespace) -> HookSettings:
+    """The core's plain settings from parsed arguments (every value checked here)."""
     from hook_sidecar.hook import HookSettings
 
+    settings.check_choices(args, ALL_OPTIONS)
     return HookSettings(
         discovery=settings.discovery_config(args),
         transform=settings.transform_options(args),
@@ -133,18 +174,24 @@ def _hook_settings(args: argparse.Namespace) -> HookSettings:
     )
 
 
+def _environment() -> dict[str, str]:
+    from hook_sidecar.discovery import env_snapshot
+
+    return env_snapshot(os.environ)
+
+
 def _warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def run_transform(args: argparse.Namespace) -> int:
-    from hook_sidecar.discovery import env_snapshot
     from hook_sidecar.hook import on_define_domain
 
+    hook = hook_settings(args)
     domain = _read(args.domain, "domain XML")
     vmi = _read(args.vmi, "VMI") if args.vmi else None
-    outcome = on_define_domain(domain, vmi, env_snapshot(), _hook_settings(args))
-    for warning in outcome.discovery.warnings:
+    outcome = on_define_domain(domain, vmi, _environment(), hook)
+    for warning in outcome.warnings:
         _warn(warning)
     result = outcome.result
     if not outcome.discovery.wanted:
@@ -165,9 +212,13 @@ def run_transform(args: argparse.Namespace) -> int:
         except OSError as err:
             raise HookError(f"cannot write {args.output}: {err.strerror or err}") from None
     if args.diff:
+        # The input as the transform writes XML, so the diff shows only what was added.
+        from hook_sidecar.transform import normalized
+
+        base = normalized(domain, hook.transform) if result is not None and result.added else domain
         sys.stdout.writelines(
             difflib.unified_diff(
-                domain.decode("utf-8", "replace").splitlines(keepends=True),
+                base.decode("utf-8", "replace").splitlines(keepends=True),
                 outcome.domain_xml.decode("utf-8", "replace").splitlines(keepends=True),
                 fromfile=args.domain,
                 tofile=args.output or "transformed",
@@ -189,22 +240,65 @@ def run_transform(args: argparse.Namespace) -> int:
 
 
 def run_discover(args: argparse.Namespace) -> int:
-    from hook_sidecar import discovery
+    from hook_sidecar import discovery, hook, report
     from hook_sidecar import vmi as vmis
 
+    config = hook_settings(args)
     vmi = vmis.parse_vmi(_read(args.vmi, "VMI"))
-    found = discovery.discover(vmi, discovery.env_snapshot(), settings.discovery_config(args))
-    if args.output == "json":
-        print(json.dumps(found.as_json(), indent=2))
+    decided = discovery.discover(vmi, _environment(), config.discovery)
+    cells = None
+    if args.domain is not None:
+        from hook_sidecar.transform import transform
+
+        domain = _read(args.domain, "domain XML")
+        cells = {}
+        if decided.wanted and decided.devices:
+            devices = hook.host_devices(decided, config.guest_addresses)
+            result = transform(domain, devices, config.transform)
+            decided = replace(decided, warnings=decided.warnings + result.warnings)
+            cells = {added.address: added.guest_cell for added in result.added}
+    if args.format == "json":
+        print(json.dumps(report.as_json(decided, cells), indent=2))
     else:
-        print(discovery.describe(found))
+        print(report.describe(decided, cells))
     return 0
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    from hook_sidecar.server import serve_from_args
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The server's socket and API settings from parsed arguments."""
+    from hook_sidecar import callbacks
+    from hook_sidecar.server import ServeConfig
 
-    return serve_from_args(args, _hook_settings(args))
+    versions = tuple(dict.fromkeys(args.version)) or callbacks.ALL_VERSIONS
+    unknown = [v for v in versions if v not in callbacks.ALL_VERSIONS]
+    if unknown:
+        raise InvalidInput(
+            f"unknown hook API version {', '.join(unknown)}; "
+            f"offer some of {', '.join(callbacks.ALL_VERSIONS)}"
+        )
+    plugin_socket = Path(args.plugin_socket) if args.plugin_socket else None
+    # Plugin mode is --plugin-socket alone; naming a hook socket too serves both.
+    hook_socket = None
+    if plugin_socket is None or args.socket_dir or args.socket_name:
+        hook_socket = Path(args.socket_dir or settings.DEFAULT_SOCKET_DIR) / (
+            args.socket_name or settings.DEFAULT_SOCKET_NAME
+        )
+    return ServeConfig(
+        hook_socket=hook_socket,
+        plugin_socket=plugin_socket,
+        name=args.name,
+        versions=versions,
+        workers=settings.int_option(args.workers, "--workers", 1, 16),
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from hook_sidecar import server
+
+    config, hook = serve_config(args), hook_settings(args)
+    return server.serve(
+        config, hook, _environment(), log_format=args.log_format, log_level=args.log_level
+    )
 
 
 def _guarded(prog: str, action: Callable[[], int]) -> int:
@@ -230,26 +324,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _guarded(PROG, lambda: runners[args.command](args))
 
 
-def shim_main(argv: Sequence[str] | None = None) -> int:
-    """``onDefineDomain --vmi JSON --domain XML``: the script KubeVirt's sidecar-shim runs.
+SHIM_DESCRIPTION = (
+    "onDefineDomain --vmi JSON --domain XML: the script KubeVirt's sidecar-shim runs. "
+    "Prints the new domain XML. Options beyond the two come from the same QAT_HOOK_* "
+    "variables as qat-hook serve."
+)
 
-    Options beyond the two come from the same QAT_HOOK_* variables as ``serve``.
-    """
-    parser = _Parser(prog="onDefineDomain", description=shim_main.__doc__)
+
+def shim_main(argv: Sequence[str] | None = None) -> int:
+    """``onDefineDomain``: the same hook as ``serve``, as the sidecar-shim's script."""
+    parser = _Parser(prog="onDefineDomain", description=SHIM_DESCRIPTION)
     parser.add_argument("--vmi", required=True, help="the VMI object as JSON (a string)")
     parser.add_argument("--domain", required=True, help="the domain XML (a string)")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    settings.add_options(parser, settings.DISCOVERY_OPTIONS + settings.TRANSFORM_OPTIONS)
+    settings.add_options(
+        parser, settings.DISCOVERY_OPTIONS + settings.TRANSFORM_OPTIONS, os.environ
+    )
     args = parser.parse_args(argv)
 
     def run() -> int:
-        from hook_sidecar.discovery import env_snapshot
         from hook_sidecar.hook import on_define_domain
 
         outcome = on_define_domain(
-            args.domain.encode(), args.vmi, env_snapshot(), _hook_settings(args)
+            args.domain.encode(), args.vmi, _environment(), hook_settings(args)
         )
-        for warning in outcome.discovery.warnings:
+        for warning in outcome.warnings:
             _warn(warning)
         sys.stdout.buffer.write(outcome.domain_xml)
         sys.stdout.flush()

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from hook_sidecar import discovery
 from hook_sidecar import vmi as vmis
-from hook_sidecar.errors import PreconditionFailed
-from hook_sidecar.hostdevs import TransformOptions, TransformResult
+from hook_sidecar.errors import InvalidInput, PreconditionFailed
+from hook_sidecar.hostdevs import HostDevice, TransformOptions, TransformResult
 from hook_sidecar.pci import PciAddress
-from hook_sidecar.settings import host_devices
+from hook_sidecar.sources import addresses_text
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,26 @@ class HookSettings:
     discovery: discovery.DiscoveryConfig
     transform: TransformOptions
     guest_addresses: Mapping[PciAddress, PciAddress]
+
+
+def host_devices(
+    decided: discovery.Discovery, guest_addresses: Mapping[PciAddress, PciAddress]
+) -> list[HostDevice]:
+    """What the transform gets: each found VF with its guest address and host NUMA node.
+
+    A guest address for a VF that is not being injected is almost always a typo in
+    the address, so it is refused rather than ignored.
+    """
+    unknown = sorted(set(guest_addresses) - set(decided.devices))
+    if unknown:
+        raise InvalidInput(
+            f"a guest address is given for {addresses_text(unknown)}, which is not among "
+            f"the devices to inject ({addresses_text(decided.devices)})"
+        )
+    return [
+        HostDevice(address, guest_addresses.get(address), decided.numa_node(address))
+        for address in decided.devices
+    ]
 
 
 @dataclass(frozen=True)
@@ -66,21 +86,21 @@ def on_define_domain(
                 "and cannot be live-migrated; set spec.evictionStrategy: None, and stop and "
                 "start the VM to move it"
             )
-    found = discovery.discover(vmi, env, settings.discovery, require_request=vmi_json is not None)
+    decided = discovery.discover(vmi, env, settings.discovery, require_request=vmi_json is not None)
     result = None
     output = domain_xml
-    if found.wanted and found.devices:
+    if decided.wanted and decided.devices:
         # Imported here: lxml loads on the first VMI that needs it, never for the others.
         from hook_sidecar.transform import transform
 
-        devices = host_devices(found.devices, settings.guest_addresses)
+        devices = host_devices(decided, settings.guest_addresses)
         result = transform(domain_xml, devices, settings.transform)
         output = result.xml
     return HookOutcome(
         domain_xml=output,
         vmi_name=vmis.display_name(vmi),
-        discovery=found,
+        discovery=decided,
         result=result,
         duration_ms=(time.perf_counter() - started) * 1000,
-        warnings=found.warnings + (result.warnings if result else ()),
+        warnings=decided.warnings + (result.warnings if result else ()),
     )

@@ -13,18 +13,19 @@ grpc is imported only when the socket exists.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hook_sidecar import vmi as vmis
-from hook_sidecar.discovery import Found, Inputs, Looked, NumaInfo, Source
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
 from hook_sidecar.pci import PciAddress, PciAddressError
+from hook_sidecar.sources import Candidates, Lookup, SourceInput, dedupe
 
 COMPUTE_CONTAINER = "compute"
 DEADLINE_SECONDS = 2.0
+DEFAULT_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
 
 
 def launcher_pod_pattern(vmi_name: str) -> re.Pattern[str]:
@@ -55,10 +56,15 @@ def _select_pod(pods: Sequence[Any], namespace: str, vmi_name: str) -> Any:
     return matches[0] if matches else None
 
 
-def devices_of(pod: Any, patterns: Sequence[str]) -> tuple[list[PciAddress], list[NumaInfo]]:
-    """The PCI addresses allocated to the compute container for matching resources."""
+def devices_of(
+    pod: Any, patterns: Sequence[str]
+) -> tuple[list[PciAddress], dict[PciAddress, tuple[int, ...]]]:
+    """The PCI addresses allocated to the compute container for matching resources.
+
+    With each, the NUMA nodes kubelet reports for it (its topology), when it reports any.
+    """
     addresses: list[PciAddress] = []
-    numa: list[NumaInfo] = []
+    numa: dict[PciAddress, tuple[int, ...]] = {}
     for container in pod.containers:
         if container.name != COMPUTE_CONTAINER:
             continue
@@ -70,28 +76,31 @@ def devices_of(pod: Any, patterns: Sequence[str]) -> tuple[list[PciAddress], lis
                 try:
                     address = PciAddress.parse(device_id)
                 except PciAddressError:
+                    shown = device_id if len(device_id) <= 64 else device_id[:64] + "..."
                     raise InvalidInput(
-                        f"kubelet reports device id {device_id!r} for resource "
-                        f"{devices.resource_name}, which is not a PCI address; this source "
+                        f"kubelet reports device id {shown!r} for resource "
+                        f"{devices.resource_name[:128]}, which is not a PCI address; this source "
                         "needs a device plugin that uses PCI addresses as ids (Intel's QAT "
                         "plugin does), or set --podresources-socket ''"
                     ) from None
                 addresses.append(address)
                 if nodes:
-                    numa.append(NumaInfo(address, nodes))
+                    numa.setdefault(address, nodes)
     return addresses, numa
 
 
-def podresources_source(socket_path: Path, deadline: float = DEADLINE_SECONDS) -> Source:
-    """A discovery source that asks kubelet on ``socket_path``."""
+def source(
+    socket_path: Path, patterns: Sequence[str], deadline: float = DEADLINE_SECONDS
+) -> Callable[[SourceInput], Lookup]:
+    """A discovery source that asks kubelet on ``socket_path`` for this pod's allocation."""
+    where = f"kubelet PodResources at {socket_path}"
 
-    def source(inputs: Inputs) -> Looked:
-        where = f"kubelet PodResources at {socket_path}"
+    def look(call: SourceInput) -> Lookup:
         if not socket_path.exists():
-            return Looked(None, f"{where} (no socket mounted)")
-        return _ask_kubelet(socket_path, deadline, inputs, where)
+            return Lookup(f"{where} (no socket mounted)")
+        return _ask_kubelet(socket_path, deadline, _Identity.of(call), patterns, where)
 
-    return source
+    return look
 
 
 @dataclass(frozen=True)
@@ -103,12 +112,12 @@ class _Identity:
     vmi_name: str
 
     @classmethod
-    def of(cls, inputs: Inputs) -> _Identity:
-        meta = vmis.metadata(inputs.vmi)
+    def of(cls, call: SourceInput) -> _Identity:
+        vmi_name, vmi_namespace = vmis.name_and_namespace(call.vmi)
         return cls(
-            pod_name=inputs.env.get("POD_NAME", ""),
-            namespace=inputs.env.get("POD_NAMESPACE", "") or str(meta.get("namespace") or ""),
-            vmi_name=str(meta.get("name") or ""),
+            pod_name=call.env.get("POD_NAME", ""),
+            namespace=call.env.get("POD_NAMESPACE", "") or vmi_namespace,
+            vmi_name=vmi_name,
         )
 
 
@@ -152,7 +161,9 @@ def _find_pod(stub: Any, who: _Identity, deadline: float, warnings: list[str]) -
     return pod, "" if pod is not None else f"no pod {who.namespace}/{wanted} on this node"
 
 
-def _ask_kubelet(socket_path: Path, deadline: float, inputs: Inputs, where: str) -> Looked:
+def _ask_kubelet(
+    socket_path: Path, deadline: float, who: _Identity, patterns: Sequence[str], where: str
+) -> Lookup:
     import grpc
 
     from hook_sidecar._generated import podresources_v1_pb2_grpc as pb_grpc
@@ -161,25 +172,24 @@ def _ask_kubelet(socket_path: Path, deadline: float, inputs: Inputs, where: str)
     try:
         with grpc.insecure_channel(f"unix:{socket_path}") as channel:
             stub = pb_grpc.PodResourcesListerStub(channel)
-            pod, missing = _find_pod(stub, _Identity.of(inputs), deadline, warnings)
+            pod, missing = _find_pod(stub, who, deadline, warnings)
     except grpc.RpcError as err:
         reason = f"{err.code().name}: {err.details()}"
         warnings.append(f"kubelet PodResources at {socket_path} did not answer ({reason})")
-        return Looked(None, f"{where} (unreachable: {reason})", tuple(warnings))
+        return Lookup(f"{where} (unreachable: {reason})", warnings=tuple(warnings))
     if pod is None:
-        return Looked(None, f"{where} ({missing})", tuple(warnings))
-    addresses, numa = devices_of(pod, inputs.config.resource_patterns)
+        return Lookup(f"{where} ({missing})", warnings=tuple(warnings))
+    addresses, numa = devices_of(pod, patterns)
     if not addresses:
-        return Looked(
-            None,
+        return Lookup(
             f"{where} (pod {pod.namespace}/{pod.name}: no matching device on container "
             f"{COMPUTE_CONTAINER})",
-            tuple(warnings),
+            warnings=tuple(warnings),
         )
-    found = Found(
+    found = Candidates(
         "podresources",
         f"pod {pod.namespace}/{pod.name} container {COMPUTE_CONTAINER}",
-        tuple(dict.fromkeys(addresses)),
-        tuple(numa),
+        dedupe(addresses),
+        numa,
     )
-    return Looked(found, where, tuple(warnings))
+    return Lookup(where, found, tuple(warnings))

@@ -5,23 +5,26 @@ table, so a flag can never exist without its variable or the other way round.
 In a pod, the hookSidecars annotation's ``args`` carry flags; an admission
 policy or a plugin deployment sets variables more easily. A flag given on the
 command line wins over its variable.
+
+This module and ``cli`` are the only ones that know argparse: they turn the
+parsed arguments into the core's plain values (``DiscoveryConfig``,
+``TransformOptions``, guest addresses), and the core never imports them.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hook_sidecar import discovery
+from hook_sidecar import discovery, dra, podresources, sysfs
 from hook_sidecar.errors import InvalidInput
-from hook_sidecar.hostdevs import DEFAULT_MAX_BYTES, HostDevice, TransformOptions
+from hook_sidecar.hostdevs import DEFAULT_MAX_BYTES, TransformOptions
 from hook_sidecar.pci import PciAddress, PciAddressError
+from hook_sidecar.sources import parse_address_list
 
-DEFAULT_PODRESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 DEFAULT_SOCKET_DIR = "/var/run/kubevirt-hooks"
 DEFAULT_SOCKET_NAME = "qat.sock"
 
@@ -65,21 +68,21 @@ DISCOVERY_OPTIONS = (
         "--dra-root",
         "QAT_HOOK_DRA_ROOT",
         "where DRA device metadata is mounted",
-        default=str(discovery.DEFAULT_DRA_ROOT),
+        default=str(dra.DEFAULT_ROOT),
         metavar="DIR",
     ),
     Option(
         "--podresources-socket",
         "QAT_HOOK_PODRESOURCES_SOCKET",
         "kubelet's PodResources socket; consulted when it exists ('' to disable)",
-        default=DEFAULT_PODRESOURCES_SOCKET,
+        default=str(podresources.DEFAULT_SOCKET),
         metavar="PATH",
     ),
     Option(
         "--sysfs-root",
         "QAT_HOOK_SYSFS_ROOT",
-        "sysfs mount used to verify devices",
-        default=str(discovery.DEFAULT_SYSFS_ROOT),
+        "sysfs mount used to verify devices and read each VF's host NUMA node",
+        default=str(sysfs.DEFAULT_ROOT),
         metavar="DIR",
     ),
     Option(
@@ -127,6 +130,14 @@ TRANSFORM_OPTIONS = (
         "refuse larger domain XML",
         default=str(DEFAULT_MAX_BYTES),
         metavar="N",
+    ),
+    Option(
+        "--numa-placement",
+        "QAT_HOOK_NUMA_PLACEMENT",
+        "put each VF on the guest NUMA cell of its host node: auto (warn and fall back "
+        "when a fact is missing), strict (fail instead) or off",
+        default="auto",
+        choices=("auto", "off", "strict"),
     ),
 )
 
@@ -193,17 +204,40 @@ def _env_default(option: Option, environ: Mapping[str, str]) -> Any:
     if option.boolean:
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if option.repeat:
-        return [item.strip() for item in raw.split(",") if item.strip()]
+        return _split(raw)
     return raw
+
+
+def _split(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+class _Repeat(argparse.Action):
+    """A repeatable flag whose default is its variable's list.
+
+    The first flag replaces that list (a flag wins over its variable), later ones
+    add to it; a flag may also carry a comma list, like the variable.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest, None)
+        items = [] if current is self.default or current is None else list(current)
+        items.extend(_split(str(values)))
+        setattr(namespace, self.dest, items)
 
 
 def add_options(
     parser: argparse.ArgumentParser,
     options: Sequence[Option],
-    environ: Mapping[str, str] | None = None,
+    environ: Mapping[str, str],
 ) -> None:
-    """Add ``options`` with their defaults taken from the environment."""
-    environ = os.environ if environ is None else environ
+    """Add ``options`` with their defaults taken from ``environ`` (the process's environment)."""
     for option in options:
         default = _env_default(option, environ)
         help_text = f"{option.help} [env {option.env}]"
@@ -219,13 +253,12 @@ def add_options(
             parser.add_argument(
                 option.flag,
                 dest=option.dest,
-                action="append",
-                default=None,
+                action=_Repeat,
+                default=default,
                 choices=option.choices,
                 metavar=option.metavar,
                 help=help_text,
             )
-            parser.set_defaults(**{f"_env_{option.dest}": default})
         else:
             parser.add_argument(
                 option.flag,
@@ -237,54 +270,51 @@ def add_options(
             )
 
 
-def repeated(args: argparse.Namespace, dest: str) -> list[str]:
-    """A repeatable option: the flags if any were given, else the variable's list."""
-    given = getattr(args, dest, None)
-    if given:
-        return [item for value in given for item in value.split(",") if item.strip()]
-    return list(getattr(args, f"_env_{dest}", []) or [])
+def check_choices(args: argparse.Namespace, options: Sequence[Option]) -> None:
+    """argparse checks the choices of flags only; a variable's value is checked here."""
+    for option in options:
+        if option.choices is None or not hasattr(args, option.dest):
+            continue
+        value = getattr(args, option.dest)
+        for item in value if isinstance(value, list) else [value]:
+            if item not in option.choices:
+                raise InvalidInput(
+                    f"{option.env}={item!r} is not one of {', '.join(option.choices)}"
+                )
 
 
-def _positive_int(text: str, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise InvalidInput(f"{what} must be a positive whole number, not {text!r}")
-    return value
+def int_option(text: str, flag: str, low: int, high: int) -> int:
+    """The one parser of whole-number options: ASCII digits, inside ``[low, high]``."""
+    stripped = str(text).strip()
+    if stripped.isascii() and stripped.isdigit() and len(stripped) <= 20:
+        value = int(stripped)
+        if low <= value <= high:
+            return value
+    shown = repr(text) if len(str(text)) <= 40 else f"{str(text)[:40]!r}..."
+    raise InvalidInput(f"{flag} must be between {low} and {high} (a whole number), not {shown}")
 
 
 def discovery_config(args: argparse.Namespace) -> discovery.DiscoveryConfig:
     devices = tuple(
-        address
-        for item in repeated(args, "device")
-        for address in discovery.parse_address_list(item, "--device")
+        address for item in args.device for address in parse_address_list(item, "--device")
     )
-    patterns = (
-        tuple(repeated(args, "resource_pattern")) or discovery.DiscoveryConfig().resource_patterns
-    )
-    extra: tuple[tuple[str, discovery.Source], ...] = ()
-    socket = getattr(args, "podresources_socket", "") or ""
-    if socket:
-        from hook_sidecar.podresources import podresources_source
-
-        extra = (("podresources", podresources_source(Path(socket))),)
+    socket = args.podresources_socket or ""
     return discovery.DiscoveryConfig(
         devices=devices,
-        resource_patterns=patterns,
+        resource_patterns=tuple(args.resource_pattern)
+        or discovery.DiscoveryConfig().resource_patterns,
         dra_root=Path(args.dra_root),
         sysfs_root=Path(args.sysfs_root),
         verify_sysfs=args.verify_sysfs,
         allow_vmi_devices=bool(args.allow_vmi_devices),
         on_missing=args.on_missing,
-        extra_sources=extra,
+        podresources_socket=Path(socket) if socket else None,
     )
 
 
 def guest_addresses(args: argparse.Namespace) -> dict[PciAddress, PciAddress]:
     mapping = {}
-    for item in repeated(args, "guest_address"):
+    for item in args.guest_address:
         host, sep, guest = item.partition("=")
         if not sep:
             raise InvalidInput(
@@ -300,25 +330,14 @@ def guest_addresses(args: argparse.Namespace) -> dict[PciAddress, PciAddress]:
 def transform_options(args: argparse.Namespace) -> TransformOptions:
     return TransformOptions(
         managed=args.managed,
-        max_bytes=_positive_int(str(args.max_domain_bytes), "--max-domain-bytes"),
+        max_bytes=int_option(args.max_domain_bytes, "--max-domain-bytes", 1, 1 << 30),
+        numa_placement=args.numa_placement,
     )
-
-
-def host_devices(
-    addresses: Sequence[PciAddress], guests: Mapping[PciAddress, PciAddress]
-) -> list[HostDevice]:
-    unknown = set(guests) - set(addresses)
-    if unknown:
-        listed = ", ".join(sorted(map(str, unknown)))
-        raise InvalidInput(
-            f"--guest-address names {listed}, which is not among the devices to inject"
-        )
-    return [HostDevice(address, guests.get(address)) for address in addresses]
 
 
 _USED_BY = (
     (DISCOVERY_OPTIONS, "transform, discover, serve"),
-    (TRANSFORM_OPTIONS, "transform, serve"),
+    (TRANSFORM_OPTIONS, "transform, serve, discover --domain"),
     (LOG_OPTIONS, "serve"),
     (SERVE_OPTIONS, "serve"),
 )

@@ -7,8 +7,8 @@ libvirt's own parser through the ``test:///default`` driver (domain type
 switched to ``test``, defined without the validate flag), after which every
 added hostdev must still be there as libvirt understood it.
 
-libvirt-python is an optional extra (``kubevirt-qat-hook[validate]``); it is
-imported here only, never by the server.
+libvirt-python is an optional extra (``pip install '.[validate]'`` from a
+clone); it is imported here only, never by the server.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def _libvirt() -> Any:
         import libvirt
     except ImportError:
         raise ValidationUnavailable(
-            "--validate needs libvirt-python: pip install 'kubevirt-qat-hook[validate]' "
-            "(Debian/Ubuntu: apt-get install libvirt-dev pkg-config gcc first)"
+            "--validate needs libvirt-python: from a clone of kubevirt-qat-hook, "
+            "pip install '.[validate]' (Debian/Ubuntu: apt-get install libvirt-dev "
+            "pkg-config gcc python3-dev first)"
         ) from None
     # libvirt prints every error to stderr by default; the report carries them instead.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)

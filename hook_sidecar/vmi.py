@@ -8,13 +8,13 @@ VMI mapping.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from hook_sidecar import boundedjson
 from hook_sidecar.errors import InvalidInput
 
 ENABLED_ANNOTATION = "qat.vm.kubevirt.io/enabled"
@@ -22,16 +22,15 @@ DEVICES_ANNOTATION = "qat.vm.kubevirt.io/devices"
 DEFAULT_RESOURCE_PATTERNS = ("qat.intel.com/*",)
 
 Vmi = Mapping[str, Any]
+FieldPath = tuple[str | int, ...]
+"""Where a value sits in the VMI; turned into words only when a message needs it."""
 
 
 def parse_vmi(raw: bytes | str) -> Vmi:
     """Parse the VMI JSON; an empty payload is an empty VMI (v1alpha1 clients may send none)."""
     if not raw or not raw.strip():
         return {}
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InvalidInput(f"VMI is not valid JSON: {err}") from None
+    value = boundedjson.loads(raw, "VMI")
     if not isinstance(value, dict):
         raise InvalidInput(
             f"VMI JSON is a {type(value).__name__}, expected an object "
@@ -40,51 +39,97 @@ def parse_vmi(raw: bytes | str) -> Vmi:
     return value
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
+_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+
+
+def _wrong_type(path: FieldPath, value: Any, expected: str) -> InvalidInput:
+    kind = _KINDS.get(type(value), "a number")
+    return InvalidInput(f"VMI field {_path(path)} is {kind}, expected {expected}")
+
+
+def _mapping(value: Any, path: FieldPath) -> Mapping[str, Any]:
+    """An object field: absent or null is empty; any other type is a broken VMI."""
     # JSON objects are dicts; a dict check is far cheaper than the Mapping ABC.
-    return value if isinstance(value, dict) else {}
+    if isinstance(value, dict):
+        return value
+    if value is None:
+        return {}
+    raise _wrong_type(path, value, "an object")
 
 
-def _sequence(value: Any) -> Sequence[Any]:
-    return value if isinstance(value, list) else []
+def _sequence(value: Any, path: FieldPath) -> Sequence[Any]:
+    if isinstance(value, list):
+        return value
+    if value is None:
+        return []
+    raise _wrong_type(path, value, "a list")
+
+
+def _string(value: Any, path: FieldPath) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    raise _wrong_type(path, value, "a string")
+
+
+_path = boundedjson.field_path
 
 
 def metadata(vmi: Vmi) -> Mapping[str, Any]:
-    return _mapping(vmi.get("metadata"))
+    return _mapping(vmi.get("metadata"), ("metadata",))
 
 
 def spec(vmi: Vmi) -> Mapping[str, Any]:
-    return _mapping(vmi.get("spec"))
+    return _mapping(vmi.get("spec"), ("spec",))
 
 
 def annotations_of(vmi: Vmi) -> Mapping[str, Any]:
-    return _mapping(metadata(vmi).get("annotations"))
+    return _mapping(metadata(vmi).get("annotations"), ("metadata", "annotations"))
+
+
+def annotation(vmi: Vmi, name: str) -> str:
+    """One annotation's value; annotations are strings in Kubernetes, anything else is broken."""
+    return _string(annotations_of(vmi).get(name), ("metadata", "annotations", name))
+
+
+def name_and_namespace(vmi: Vmi) -> tuple[str, str]:
+    """The VMI's name and namespace ("" when absent): kubelet's pods are found by them."""
+    meta = metadata(vmi)
+    name = _string(meta.get("name"), ("metadata", "name"))
+    return name, _string(meta.get("namespace"), ("metadata", "namespace"))
 
 
 def display_name(vmi: Vmi) -> str:
-    """``namespace/name`` for messages and logs; ``-`` parts when unknown."""
-    meta = metadata(vmi)
-    return f"{meta.get('namespace') or '-'}/{meta.get('name') or '-'}"
+    """``namespace/name`` for messages and logs; ``-`` parts when unknown or unusable."""
+    meta = metadata(vmi) if isinstance(vmi.get("metadata"), dict) else {}
+    name, namespace = meta.get("name"), meta.get("namespace")
+    return (
+        f"{namespace if isinstance(namespace, str) and namespace else '-'}/"
+        f"{name if isinstance(name, str) and name else '-'}"
+    )
 
 
 def resource_matches(resource: str, patterns: Sequence[str]) -> bool:
     return any(fnmatchcase(resource, pattern) for pattern in patterns)
 
 
-_QUANTITY_RE = re.compile(r"^\s*(\d+)\s*$")
+# Extended resources are whole numbers. ASCII digits only: ``\d`` and int() also take
+# other scripts' digits, which Kubernetes never writes. 18 digits stay inside int64.
+_QUANTITY_RE = re.compile(r"[0-9]{1,18}")
 
 
-def _quantity(resource: str, value: Any) -> int:
-    """Extended resources are whole numbers; anything else is a broken VMI."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+def _quantity(path: FieldPath, value: Any) -> int:
+    """A device count, from a JSON number or a quantity string."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18:
         return value
-    match = _QUANTITY_RE.match(str(value))
-    if match is None:
-        raise InvalidInput(
-            f"VMI resource {resource} has quantity {value!r}; "
-            "device resources take a whole number such as 1"
-        )
-    return int(match.group(1))
+    if isinstance(value, str) and _QUANTITY_RE.fullmatch(value.strip(" ")):
+        return int(value.strip(" "))
+    shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+    raise InvalidInput(
+        f"VMI field {_path(path)} has quantity {shown}; "
+        "device resources take a whole number such as 1"
+    )
 
 
 @dataclass(frozen=True)
@@ -98,19 +143,20 @@ class Request:
 
 def requested_resources(vmi: Vmi, patterns: Sequence[str]) -> dict[str, int]:
     """Matching device resources and their counts; limits win over requests, as kubelet does."""
-    resources = _mapping(_mapping(spec(vmi).get("domain")).get("resources"))
+    domain = _mapping(spec(vmi).get("domain"), ("spec", "domain"))
+    resources = _mapping(domain.get("resources"), ("spec", "domain", "resources"))
     counts: dict[str, int] = {}
     for section in ("requests", "limits"):
-        for name, value in _mapping(resources.get(section)).items():
-            if resource_matches(str(name), patterns):
-                counts[str(name)] = _quantity(str(name), value)
+        where = ("spec", "domain", "resources", section)
+        for name, value in _mapping(resources.get(section), where).items():
+            if resource_matches(name, patterns):
+                counts[name] = _quantity((*where, name), value)
     return counts
 
 
 def read_request(vmi: Vmi, patterns: Sequence[str], allow_vmi_devices: bool) -> Request:
     """Decide whether the hook should act on this VMI at all."""
-    notes = annotations_of(vmi)
-    enabled = str(notes.get(ENABLED_ANNOTATION, "")).strip().lower()
+    enabled = annotation(vmi, ENABLED_ANNOTATION).strip().lower()
     if enabled == "false":
         return Request(False, None, f'annotation {ENABLED_ANNOTATION}: "false" opts out')
     counts = requested_resources(vmi, patterns)
@@ -122,7 +168,7 @@ def read_request(vmi: Vmi, patterns: Sequence[str], allow_vmi_devices: bool) -> 
         return Request(True, total, f"resource {listed}")
     if enabled == "true":
         return Request(True, None, f'annotation {ENABLED_ANNOTATION}: "true"')
-    if allow_vmi_devices and str(notes.get(DEVICES_ANNOTATION, "")).strip():
+    if allow_vmi_devices and annotation(vmi, DEVICES_ANNOTATION).strip():
         return Request(True, None, f"annotation {DEVICES_ANNOTATION}")
     return Request(False, None, "the VMI requests no QAT resource and has no QAT annotation")
 
@@ -133,36 +179,54 @@ def claim_directories(vmi: Vmi) -> tuple[frozenset[str], frozenset[str]] | None:
     kubelet writes claims under ``resourceclaims/<claim object name>`` and claims
     made from templates under ``resourceclaimtemplates/<pod claim name>``.
     """
-    claims = _sequence(spec(vmi).get("resourceClaims"))
+    claims = _sequence(spec(vmi).get("resourceClaims"), ("spec", "resourceClaims"))
     if not claims:
         return None
     direct: set[str] = set()
     templated: set[str] = set()
-    for claim in claims:
-        claim = _mapping(claim)
-        if claim.get("resourceClaimName"):
-            direct.add(str(claim["resourceClaimName"]))
-        if claim.get("resourceClaimTemplateName") and claim.get("name"):
-            templated.add(str(claim["name"]))
+    for index, item in enumerate(claims):
+        where = ("spec", "resourceClaims", index)
+        claim = _mapping(item, where)
+        claim_name = _string(claim.get("resourceClaimName"), (*where, "resourceClaimName"))
+        template = _string(
+            claim.get("resourceClaimTemplateName"), (*where, "resourceClaimTemplateName")
+        )
+        pod_claim = _string(claim.get("name"), (*where, "name"))
+        if claim_name:
+            direct.add(claim_name)
+        if template and pod_claim:
+            templated.add(pod_claim)
     return frozenset(direct), frozenset(templated)
 
 
 _LIVE_MIGRATE = {"LiveMigrate", "LiveMigrateIfPossible"}
 
 
+def _knows_vfio(devices: Mapping[str, Any]) -> bool:
+    """Whether KubeVirt itself raises qemu's memlock limit: it does for these device kinds."""
+    where = ("spec", "domain", "devices")
+    if _sequence(devices.get("hostDevices"), (*where, "hostDevices")):
+        return True
+    if _sequence(devices.get("gpus"), (*where, "gpus")):
+        return True
+    interfaces = _sequence(devices.get("interfaces"), (*where, "interfaces"))
+    return any(
+        "sriov" in _mapping(interface, (*where, "interfaces", index))
+        for index, interface in enumerate(interfaces)
+    )
+
+
 def preflight_warnings(vmi: Vmi) -> list[str]:
     """Problems KubeVirt will not catch because it does not know the hook adds a device."""
     warnings = []
     vmi_spec = spec(vmi)
-    domain = _mapping(vmi_spec.get("domain"))
-    devices = _mapping(domain.get("devices"))
-    memlock = _mapping(_mapping(domain.get("memory")).get("reservedOverhead")).get("memLock")
-    known_vfio = (
-        _sequence(devices.get("hostDevices"))
-        or _sequence(devices.get("gpus"))
-        or any("sriov" in _mapping(i) for i in _sequence(devices.get("interfaces")))
+    domain = _mapping(vmi_spec.get("domain"), ("spec", "domain"))
+    devices = _mapping(domain.get("devices"), ("spec", "domain", "devices"))
+    memory = _mapping(domain.get("memory"), ("spec", "domain", "memory"))
+    overhead = _mapping(
+        memory.get("reservedOverhead"), ("spec", "domain", "memory", "reservedOverhead")
     )
-    if memlock != "Required" and not known_vfio:
+    if overhead.get("memLock") != "Required" and not _knows_vfio(devices):
         warnings.append(
             f"VMI {display_name(vmi)} has no device KubeVirt knows as VFIO and does not set "
             "spec.domain.memory.reservedOverhead.memLock: Required, so qemu's locked-memory "
@@ -170,7 +234,7 @@ def preflight_warnings(vmi: Vmi) -> list[str]:
             "spec.domain.memory.reservedOverhead.memLock: Required "
             "(feature gate ReservedOverheadMemlock)"
         )
-    strategy = vmi_spec.get("evictionStrategy")
+    strategy = _string(vmi_spec.get("evictionStrategy"), ("spec", "evictionStrategy"))
     if strategy in _LIVE_MIGRATE:
         warnings.append(
             f"VMI {display_name(vmi)} has evictionStrategy {strategy}, but a VM with a host "

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from hook_sidecar import validate
+from tests.ci import skip_or_fail
 from tests.conftest import EXAMPLES, ROOT, clean_env, run_cli
 
 DOMAIN = str(EXAMPLES / "domain.xml")
@@ -17,10 +19,17 @@ VMI = str(EXAMPLES / "vmi.json")
 NO_SYSFS = ("--verify-sysfs", "off")
 
 
+# Copies of the domains KubeVirt's converter made (../shared/kubevirt-domains), kept in the
+# repository because CI clones it without that folder at a fixed path.
+SHARED = Path(__file__).resolve().parent / "data" / "kubevirt-domains"
+
+
 def needs_libvirt() -> None:
     """libvirt-python comes with the test extra; only outside CI may it be missing."""
-    if not os.environ.get("CI"):
-        pytest.importorskip("libvirt")
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        skip_or_fail("libvirt-python is not installed")
 
 
 def one_error_line(stderr: bytes) -> str:
@@ -182,13 +191,14 @@ def test_discover_text_and_json() -> None:
     assert text.returncode == 0, text.stderr
     assert "inject 1 device(s): resource qat.intel.com/generic: 1" in text.stdout.decode()
     assert "device:   0000:3d:02.2" in text.stdout.decode()
-    proc = run_cli("discover", "--vmi", VMI, "--output", "json", *NO_SYSFS, QAT0="3d:02.2")
-    assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)
-    assert data["devices"] == ["0000:3d:02.2"]
-    assert data["source"] == "environment"
-    assert data["expected"] == 1
-    assert data["warnings"] == []
+    for flag in ("--format", "--output"):  # --output: the older spelling, kept working
+        proc = run_cli("discover", "--vmi", VMI, flag, "json", *NO_SYSFS, QAT0="3d:02.2")
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        assert data["devices"] == ["0000:3d:02.2"]
+        assert data["source"] == "environment"
+        assert data["expected"] == 1
+        assert data["warnings"] == []
 
 
 def test_discover_failure_exit_1() -> None:
@@ -251,3 +261,163 @@ def test_shim_failure_is_non_zero_with_message() -> None:
     proc = run_shim("--vmi", (EXAMPLES / "vmi.json").read_text(), "--domain", "<domain>")
     assert proc.returncode == 1
     assert one_error_line(proc.stderr).startswith("onDefineDomain: error: ")
+
+
+# --- papercuts (issue 12 item 7) ------------------------------------------------------------
+
+
+def test_discover_help_explains_every_option() -> None:
+    text = run_cli("discover", "--help").stdout.decode()
+    flat = " ".join(text.split())
+    assert "--vmi VMI.json the VirtualMachineInstance as JSON" in flat
+    assert "--format {text,json}, --output {text,json} text for people, json for scripts" in flat
+    assert "--domain DOMAIN.xml also run the transform on this domain" in flat
+
+
+def test_shim_help_has_no_raw_markup() -> None:
+    proc = run_shim("--help")
+    assert proc.returncode == 0
+    text = proc.stdout.decode()
+    assert "``" not in text
+    assert "onDefineDomain --vmi JSON --domain XML" in text
+
+
+def test_validate_hint_works_from_a_clone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "libvirt", None)  # import libvirt now raises ImportError
+    with pytest.raises(validate.ValidationUnavailable) as info:
+        validate.validate(b"<domain/>", ())
+    assert "pip install '.[validate]'" in str(info.value)
+    assert "kubevirt-qat-hook[validate]" not in str(info.value)
+
+
+def readme_commands(prefix: str) -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    return [c for c in re.findall(r"^\| `([^`]+)` \|", readme, re.M) if c.startswith(prefix)]
+
+
+def test_readme_transform_examples_work_as_written(tmp_path: Path) -> None:
+    """Each `qat-hook transform examples/...` row of the README, run in a clean environment."""
+    needs_libvirt()
+    commands = readme_commands("qat-hook transform examples/")
+    assert any("--validate" in c for c in commands)
+    (tmp_path / "examples").symlink_to(EXAMPLES)
+    for command in commands:
+        args = command.split()[1:]
+        proc = subprocess.run(
+            [sys.executable, "-m", "hook_sidecar", *args],
+            capture_output=True,
+            env=clean_env(),
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, (command, proc.stderr)
+        if "-o" in args:
+            written = (tmp_path / args[args.index("-o") + 1]).read_bytes()
+            assert written.count(b"<hostdev ") == 1
+
+
+def test_readme_says_where_the_command_is_after_make_demo() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert ".venv/bin/qat-hook" in quick
+    assert "source .venv/bin/activate" in quick
+
+
+def test_output_of_transform_is_a_file_not_a_format(tmp_path: Path) -> None:
+    out = tmp_path / "json"
+    proc = run_cli("transform", DOMAIN, "--device", "3d:02.2", "-o", str(out), *NO_SYSFS)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == (EXAMPLES / "domain-with-qat.xml").read_bytes()
+    assert proc.stdout == b""
+
+
+# --- options: flags, variables, values -------------------------------------------------------
+
+
+def test_variable_value_of_a_choice_option_is_checked() -> None:
+    proc = run_cli("transform", DOMAIN, "--device", "3d:02.2", QAT_HOOK_MANAGED="maybe")
+    assert proc.returncode == 1
+    assert "QAT_HOOK_MANAGED='maybe' is not one of no, yes" in one_error_line(proc.stderr)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [
+        ("--max-domain-bytes", "0", "--max-domain-bytes must be between 1 and"),
+        ("--max-domain-bytes", "\u0661\u0660\u0660", "--max-domain-bytes must be between 1 and"),
+        ("--max-domain-bytes", "9" * 5000, "--max-domain-bytes must be between 1 and"),
+    ],
+)
+def test_integer_options_are_checked(flag: str, value: str, needle: str) -> None:
+    proc = run_cli("transform", DOMAIN, "--device", "3d:02.2", flag, value)
+    assert proc.returncode == 1
+    assert needle in one_error_line(proc.stderr)
+
+
+def test_numa_placement_option_reaches_the_transform(tmp_path: Path) -> None:
+    """strict on a domain with guest NUMA cells and a VF of unknown host node must fail."""
+    numa = SHARED / "numa-passthrough-2vf.xml"
+    args = ("transform", str(numa), "--device", "3d:02.2", "--sysfs-root", str(tmp_path))
+    off = run_cli(*args, "--numa-placement", "off", *NO_SYSFS)
+    assert off.returncode == 0, off.stderr
+    strict = run_cli(*args, *NO_SYSFS, QAT_HOOK_NUMA_PLACEMENT="strict")
+    assert strict.returncode == 1
+    assert "qat-hook: error: " in one_error_line(strict.stderr)
+
+
+def test_discover_with_domain_shows_guest_cells() -> None:
+    proc = run_cli(
+        "discover", "--vmi", VMI, "--domain", DOMAIN, "--format", "json", *NO_SYSFS, QAT0=A_VF
+    )
+    assert proc.returncode == 0, proc.stderr
+    (entry,) = json.loads(proc.stdout)["numa"]
+    assert entry["device"] == A_VF
+    assert entry["guest_cell"] is None  # examples/domain.xml has no guest NUMA cells
+    text = run_cli("discover", "--vmi", VMI, "--domain", DOMAIN, *NO_SYSFS, QAT0=A_VF)
+    assert "not placed on a guest NUMA cell" in text.stdout.decode()
+
+
+def test_diff_shows_only_added_lines_whatever_the_input_spelling(tmp_path: Path) -> None:
+    """--diff compares the input as the hook writes XML, not its raw bytes."""
+    domain = tmp_path / "d.xml"
+    domain.write_text(
+        "<domain type='kvm'>\n  <name>x</name>\n  <devices>\n    <disk type='file'/>\n"
+        "  </devices>\n</domain>\n"
+    )
+    proc = run_cli("transform", str(domain), "--device", A_VF, "--diff", *NO_SYSFS)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    changed = [line for line in lines[2:] if line.startswith(("-", "+"))]
+    assert changed and all(line.startswith("+") for line in changed), lines
+
+
+A_VF = "0000:3d:02.2"
+
+
+def test_discover_with_a_numa_domain_shows_each_guest_cell(tmp_path: Path) -> None:
+    """Host node 1 maps to guest cell 1 and node 0 to cell 0 (the fixture's memnodes)."""
+    b_vf = "0000:3d:02.3"
+    for address, node in ((A_VF, 1), (b_vf, 0)):
+        folder = tmp_path / "bus" / "pci" / "devices" / address
+        folder.mkdir(parents=True)
+        (folder / "numa_node").write_text(f"{node}\n")
+    args = (
+        "discover",
+        "--vmi",
+        str(SHARED / "numa-passthrough-2vf.json"),
+        "--domain",
+        str(SHARED / "numa-passthrough-2vf.xml"),
+        "--sysfs-root",
+        str(tmp_path),
+        *NO_SYSFS,
+    )
+    proc = run_cli(*args, "--format", "json", QAT0=A_VF, QAT1=b_vf)
+    assert proc.returncode == 0, proc.stderr
+    numa = json.loads(proc.stdout)["numa"]
+    assert [(e["device"], e["host_node"], e["guest_cell"]) for e in numa] == [
+        (A_VF, 1, 1),
+        (b_vf, 0, 0),
+    ]
+    text = run_cli(*args, QAT0=A_VF, QAT1=b_vf).stdout.decode()
+    assert f"device:   {A_VF}  host NUMA node 1 (sysfs), guest NUMA cell 1" in text

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from hook_sidecar import discovery as d
+from hook_sidecar import report, sources, sysfs
 from hook_sidecar import vmi as vmis
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
 from hook_sidecar.pci import PciAddress
@@ -168,7 +169,7 @@ def test_resource_patterns_are_configurable(tmp_path: Path) -> None:
     ],
 )
 def test_name_mangling(resource: str, variable: str) -> None:
-    assert d.mangle_resource(resource) == variable
+    assert sources.mangle_resource(resource) == variable
 
 
 def test_override_wins_and_disagreement_is_warned(tmp_path: Path) -> None:
@@ -291,49 +292,9 @@ def test_dra_devices_without_pci_attribute_are_ignored(tmp_path: Path) -> None:
         d.discover(ASKS_ONE, {}, config(tmp_path))
 
 
-@pytest.mark.parametrize(
-    ("content", "needle"),
-    [
-        ("{not json", "cannot be read"),
-        ("[]", "is not a JSON object"),
-        (
-            json.dumps(
-                {
-                    "requests": [
-                        {
-                            "devices": [
-                                {
-                                    "attributes": {
-                                        "resource.kubernetes.io/pciBusID": {"string": "nope"}
-                                    }
-                                }
-                            ]
-                        }
-                    ]
-                }
-            ),
-            "'nope' is not a PCI address",
-        ),
-        (
-            json.dumps(
-                {
-                    "requests": [
-                        {
-                            "devices": [
-                                {"attributes": {"resource.kubernetes.io/pciBusID": {"int": 5}}}
-                            ]
-                        }
-                    ]
-                }
-            ),
-            "has no string value",
-        ),
-    ],
-)
-def test_dra_malformed_files(tmp_path: Path, content: str, needle: str) -> None:
-    path = write_metadata(tmp_path / "dra", "resourceclaims", "c", "r", A)
-    path.write_text(content)
-    with pytest.raises(InvalidInput, match=needle):
+def test_dra_bad_address_fails_naming_the_file(tmp_path: Path) -> None:
+    write_metadata(tmp_path / "dra", "resourceclaims", "c", "r", "nope")
+    with pytest.raises(InvalidInput, match=r"qat.intel.com-metadata.json: 'nope' is not a PCI"):
         d.discover(ASKS_ONE, {}, config(tmp_path))
 
 
@@ -429,14 +390,14 @@ def test_sysfs_problems(
     tmp_path: Path, vendor: str, device: str, driver: str | None, problems: list[str]
 ) -> None:
     fake_device(tmp_path, A, vendor, device, driver)
-    found = d.sysfs_problems(PciAddress.parse(A), tmp_path)
+    found = sysfs.problems(PciAddress.parse(A), tmp_path)
     assert len(found) == len(problems)
     for text, needle in zip(found, problems, strict=True):
         assert needle in text
 
 
 def test_sysfs_missing_device(tmp_path: Path) -> None:
-    assert "does not exist" in d.sysfs_problems(PciAddress.parse(A), tmp_path)[0]
+    assert "does not exist" in sysfs.problems(PciAddress.parse(A), tmp_path)[0]
 
 
 def test_sysfs_warn_and_strict(tmp_path: Path) -> None:
@@ -469,8 +430,127 @@ def test_preflight_quiet_when_kubevirt_knows_a_vfio_device(tmp_path: Path) -> No
 
 def test_describe_and_json(tmp_path: Path) -> None:
     found = d.discover(ASKS_ONE, {"QAT0": A}, config(tmp_path))
-    assert d.describe(found).splitlines()[:2] == [
+    assert report.describe(found).splitlines()[:2] == [
         "inject 1 device(s): resource qat.intel.com/generic: 1",
         "  source:   environment (QAT0)",
     ]
-    assert found.as_json()["devices"] == [A]
+    assert report.as_json(found)["devices"] == [A]
+
+
+def test_preflight_quiet_with_an_sriov_interface(tmp_path: Path) -> None:
+    vmi = make_vmi({"qat.intel.com/generic": "1"})
+    del vmi["spec"]["domain"]["memory"]
+    vmi["spec"]["domain"]["devices"] = {
+        "interfaces": [{"name": "default", "masquerade": {}}, {"name": "vf", "sriov": {}}]
+    }
+    assert d.discover(vmi, {"QAT0": A}, config(tmp_path)).warnings == ()
+    vmi["spec"]["domain"]["devices"]["interfaces"].pop()
+    (warning,) = d.discover(vmi, {"QAT0": A}, config(tmp_path)).warnings
+    assert "memLock: Required" in warning
+
+
+def test_requests_and_limits_differ_limits_count(tmp_path: Path) -> None:
+    vmi = make_vmi({"qat.intel.com/generic": "1"}, limits={"qat.intel.com/generic": "2"})
+    found = d.discover(vmi, {"QAT0": A, "QAT1": B}, config(tmp_path))
+    assert (found.expected, addresses(found)) == (2, [A, B])
+    with pytest.raises(PreconditionFailed, match=r"asks for 2 QAT VF\(s\)"):
+        d.discover(vmi, {"QAT0": A}, config(tmp_path))
+
+
+# --- the environment snapshot ----------------------------------------------------------------
+
+
+def test_env_snapshot_keeps_what_discovery_reads() -> None:
+    environ = {
+        "QAT0": A,
+        "QAT_HOOK_DEVICES": B,
+        "PCI_RESOURCE_QAT_INTEL_COM_GENERIC": A,
+        "PCIDEVICE_QAT_INTEL_COM_CY": A,
+        "POD_NAME": "virt-launcher-x-abcde",
+        "POD_NAMESPACE": "ns",
+        "HOME": "/root",
+        "PATH": "/bin",
+    }
+    assert d.env_snapshot(environ) == {
+        k: v for k, v in environ.items() if k not in ("HOME", "PATH")
+    }
+
+
+# --- host NUMA node ----------------------------------------------------------------------------
+
+
+def numa_file(sys_root: Path, address: str, content: str) -> None:
+    folder = sys_root / "bus" / "pci" / "devices" / address
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "numa_node").write_text(content)
+
+
+@pytest.mark.parametrize(
+    ("content", "node", "origin"),
+    [
+        ("1\n", 1, "sysfs"),
+        ("0\n", 0, "sysfs"),
+        ("-1\n", None, "the host reports no NUMA node"),
+        ("x\n", None, "holds 'x'"),
+        ("\u0661\n", None, "holds"),
+        (None, None, "no "),
+    ],
+)
+def test_host_node_from_sysfs(
+    tmp_path: Path, content: str | None, node: int | None, origin: str
+) -> None:
+    if content is not None:
+        numa_file(tmp_path / "sys", A, content)
+    found = d.discover(ASKS_ONE, {"QAT0": A}, config(tmp_path))
+    known = found.host_nodes[PciAddress.parse(A)]
+    assert known.node == node
+    assert origin in known.origin
+    assert found.numa_node(PciAddress.parse(A)) == node
+
+
+def test_host_node_read_whatever_verify_sysfs_says(tmp_path: Path) -> None:
+    numa_file(tmp_path / "sys", A, "1\n")
+    for mode in ("off", "warn"):
+        found = d.discover(ASKS_ONE, {"QAT0": A}, config(tmp_path, verify_sysfs=mode))
+        assert found.numa_node(PciAddress.parse(A)) == 1
+
+
+def test_host_node_of_each_device(tmp_path: Path) -> None:
+    numa_file(tmp_path / "sys", A, "0\n")
+    numa_file(tmp_path / "sys", B, "1\n")
+    vmi = make_vmi({"qat.intel.com/generic": "2"})
+    found = d.discover(vmi, {"QAT0": A, "QAT1": B}, config(tmp_path))
+    assert [found.numa_node(a) for a in found.devices] == [0, 1]
+
+
+def test_describe_shows_host_nodes_and_guest_cells(tmp_path: Path) -> None:
+    numa_file(tmp_path / "sys", A, "1\n")
+    found = d.discover(ASKS_ONE, {"QAT0": A}, config(tmp_path))
+    assert f"  device:   {A}  host NUMA node 1 (sysfs)" in report.describe(found).splitlines()
+    cells = {PciAddress.parse(A): 0}
+    text = report.describe(found, cells)
+    assert f"  device:   {A}  host NUMA node 1 (sysfs), guest NUMA cell 0" in text.splitlines()
+    assert report.as_json(found, cells)["numa"] == [
+        {"device": A, "host_node": 1, "from": "sysfs", "guest_cell": 0}
+    ]
+    assert "not placed on a guest NUMA cell" in report.describe(found, {})
+    assert "guest_cell" not in report.as_json(found)["numa"][0]
+
+
+@pytest.mark.parametrize(
+    "device_id",
+    [
+        *("0x0442", "0x0443", "0x37c9", "0x19e3", "0x18a1", "0x6f55"),
+        *("0x4941", "0x4943", "0x4945", "0x4947", "0x4949"),
+    ],
+)
+def test_every_qat_vf_id_of_intels_plugin_is_accepted(tmp_path: Path, device_id: str) -> None:
+    fake_device(tmp_path, A, device=device_id)
+    assert sysfs.problems(PciAddress.parse(A), tmp_path) == []
+
+
+@pytest.mark.parametrize("device_id", ["0x0440", "0x4940", "0x37c8", "4941", "0x49410", ""])
+def test_physical_functions_and_junk_ids_are_not_vfs(tmp_path: Path, device_id: str) -> None:
+    fake_device(tmp_path, A, device=device_id)
+    (problem,) = sysfs.problems(PciAddress.parse(A), tmp_path)
+    assert "not a known Intel QAT VF" in problem

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import socket as sockets
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,8 +23,9 @@ import pytest
 from hook_sidecar import discovery as d
 from hook_sidecar._generated import podresources_v1_pb2 as pb
 from hook_sidecar._generated import podresources_v1_pb2_grpc as pb_grpc
+from hook_sidecar.discovery import HostNode
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
-from hook_sidecar.podresources import podresources_source
+from hook_sidecar.pci import PciAddress
 from tests.conftest import EXAMPLES, run_cli, start_server
 from tests.test_server import define
 
@@ -59,17 +59,24 @@ def launcher(
 class FakeKubelet(pb_grpc.PodResourcesListerServicer):
     pods: list[pb.PodResources] = field(default_factory=list)
     get_supported: bool = True
-    hang_seconds: float = 0.0
+    hang: bool = False
+    """When set, every call blocks until ``released`` is set (the test's stand-in for a stuck
+    kubelet): discovery must give up at its deadline on its own."""
+    released: threading.Event = field(default_factory=threading.Event)
     calls: list[str] = field(default_factory=list)
+
+    def _block(self) -> None:
+        if self.hang:
+            self.released.wait(60)
 
     def List(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.calls.append("List")
-        time.sleep(self.hang_seconds)
+        self._block()
         return pb.ListPodResourcesResponse(pod_resources=self.pods)
 
     def Get(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.calls.append("Get")
-        time.sleep(self.hang_seconds)
+        self._block()
         if not self.get_supported:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "method Get not implemented")
         for pod in self.pods:
@@ -105,12 +112,15 @@ VMI: dict[str, Any] = {
 }
 
 
-def config(socket: Path, tmp_path: Path, deadline: float = 2.0) -> d.DiscoveryConfig:
-    return d.DiscoveryConfig(
-        dra_root=tmp_path / "no-dra",
-        verify_sysfs="off",
-        extra_sources=(("podresources", podresources_source(socket, deadline)),),
-    )
+def config(socket: Path, tmp_path: Path, **overrides: Any) -> d.DiscoveryConfig:
+    values: dict[str, Any] = {
+        "dra_root": tmp_path / "no-dra",
+        "sysfs_root": tmp_path / "no-sys",
+        "verify_sysfs": "off",
+        "podresources_socket": socket,
+    }
+    values.update(overrides)
+    return d.DiscoveryConfig(**values)
 
 
 def found(discovery: d.Discovery) -> list[str]:
@@ -136,7 +146,9 @@ def test_get_with_downward_api(kubelet: tuple[FakeKubelet, Path], tmp_path: Path
     assert found(result) == [B, A]  # kubelet's order, normalised
     assert result.source == "podresources"
     assert result.detail == f"pod default/{POD} container compute"
-    assert [(str(n.address), n.nodes) for n in result.numa] == [(B, (1,)), (A, (1,))]
+    assert [result.host_nodes[PciAddress.parse(a)] for a in (B, A)] == [
+        HostNode(1, "podresources")
+    ] * 2
     assert fake.calls == ["Get"]
     assert result.warnings == ()
 
@@ -236,27 +248,37 @@ def test_garbage_device_ids(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -
     assert "not a PCI address" in str(info.value)
 
 
+def test_huge_device_id_is_cut_in_the_message(
+    kubelet: tuple[FakeKubelet, Path], tmp_path: Path
+) -> None:
+    fake, socket = kubelet
+    fake.pods = [launcher(POD, "default", devices("qat.intel.com/generic", "y" * 1_000_000))]
+    with pytest.raises(InvalidInput) as info:
+        d.discover(VMI, {}, config(socket, tmp_path))
+    assert len(str(info.value)) < 500
+    assert "device id 'yyyy" in str(info.value)
+
+
 def test_hanging_kubelet_hits_the_deadline(
     kubelet: tuple[FakeKubelet, Path], tmp_path: Path
 ) -> None:
     fake, socket = kubelet
-    fake.hang_seconds = 5
+    fake.hang = True
     fake.pods = [launcher(POD, "default", devices("qat.intel.com/generic", A, B))]
-    started = time.monotonic()
-    result = d.discover(
-        VMI,
-        {"QAT_HOOK_DEVICES": ""},
-        d.DiscoveryConfig(
-            dra_root=tmp_path / "no-dra",
-            verify_sysfs="off",
-            on_missing="skip",
-            extra_sources=(("podresources", podresources_source(socket)),),
-        ),
-    )
-    elapsed = time.monotonic() - started
-    assert 1.9 <= elapsed < 4.0  # the default 2 s deadline, not kubelet's 5 s
+    cfg = config(socket, tmp_path, on_missing="skip", podresources_deadline=0.3)
+    try:
+        result = d.discover(VMI, {"QAT_HOOK_DEVICES": ""}, cfg)
+        # Still blocked: only the deadline can have ended the call.
+        assert not fake.released.is_set()
+    finally:
+        fake.released.set()
+    assert fake.calls == ["List"]
     assert any("did not answer (DEADLINE_EXCEEDED" in w for w in result.warnings)
     assert not result.wanted  # skip: nothing else had devices
+
+
+def test_the_default_deadline_is_two_seconds() -> None:
+    assert d.DiscoveryConfig().podresources_deadline == 2.0
 
 
 def test_socket_missing(tmp_path: Path) -> None:
@@ -286,11 +308,7 @@ def test_dead_socket_is_a_warning_then_next_source(tmp_path: Path) -> None:
             }
         )
     )
-    cfg = d.DiscoveryConfig(
-        dra_root=tmp_path / "dra",
-        verify_sysfs="off",
-        extra_sources=(("podresources", podresources_source(dead, 0.5)),),
-    )
+    cfg = config(dead, tmp_path, dra_root=tmp_path / "dra", podresources_deadline=0.5)
     result = d.discover(VMI, {}, cfg)
     assert result.source == "dra"
     assert any("did not answer (UNAVAILABLE" in w for w in result.warnings)
@@ -352,16 +370,79 @@ def test_discover_shows_numa(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) 
         str(socket),
         "--verify-sysfs",
         "off",
+        "--sysfs-root",
+        str(tmp_path / "no-sys"),
         "--dra-root",
         str(tmp_path / "none"),
     )
-    proc = run_cli(*args, "--output", "json", POD_NAME=POD, POD_NAMESPACE="default")
+    proc = run_cli(*args, "--format", "json", POD_NAME=POD, POD_NAMESPACE="default")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert data["numa"] == [{"device": A, "nodes": [1]}]
+    assert data["numa"] == [{"device": A, "host_node": 1, "from": "podresources"}]
     assert data["source"] == "podresources"
     text = run_cli(*args, POD_NAME=POD, POD_NAMESPACE="default")
-    assert f"device:   {A}  (NUMA node 1)" in text.stdout.decode()
+    assert f"device:   {A}  host NUMA node 1 (podresources)" in text.stdout.decode()
+
+
+def sysfs_node(tmp_path: Path, address: str, node: int) -> None:
+    folder = tmp_path / "no-sys" / "bus" / "pci" / "devices" / address
+    folder.mkdir(parents=True)
+    (folder / "numa_node").write_text(f"{node}\n")
+
+
+def test_kubelet_topology_wins_over_sysfs(
+    kubelet: tuple[FakeKubelet, Path], tmp_path: Path
+) -> None:
+    fake, socket = kubelet
+    fake.pods = [launcher(POD, "default", devices("qat.intel.com/generic", A, B, numa=(1,)))]
+    sysfs_node(tmp_path, A, 0)
+    result = d.discover(VMI, {}, config(socket, tmp_path))
+    assert [result.numa_node(a) for a in result.devices] == [1, 1]
+
+
+def test_several_kubelet_nodes_fall_back_to_sysfs(
+    kubelet: tuple[FakeKubelet, Path], tmp_path: Path
+) -> None:
+    fake, socket = kubelet
+    fake.pods = [launcher(POD, "default", devices("qat.intel.com/generic", A, B, numa=(0, 1)))]
+    sysfs_node(tmp_path, A, 1)
+    result = d.discover(VMI, {}, config(socket, tmp_path))
+    assert [result.host_nodes[a] for a in result.devices] == [
+        HostNode(1, "sysfs"),
+        HostNode(None, f"no {tmp_path}/no-sys/bus/pci/devices/{B}/numa_node"),
+    ]
+
+
+def test_only_the_downward_api_name_finds_the_pod(
+    kubelet: tuple[FakeKubelet, Path], tmp_path: Path
+) -> None:
+    """POD_* reach discovery through the snapshot, and Get finds a pod List-by-name would not."""
+    fake, socket = kubelet
+    fake.get_supported = True
+    fake.pods = [
+        launcher("renamed-launcher", "default", devices("qat.intel.com/generic", A, B)),
+        launcher(POD, "default", devices("qat.intel.com/generic", C, "0000:af:01.1")),
+    ]
+    environ = {"POD_NAME": "renamed-launcher", "POD_NAMESPACE": "default", "HOME": "/root"}
+    result = d.discover(VMI, d.env_snapshot(environ), config(socket, tmp_path))
+    assert found(result) == [A, B]
+    assert result.detail == "pod default/renamed-launcher container compute"
+    assert fake.calls == ["Get"]
+
+
+def test_pod_namespace_from_the_downward_api(
+    kubelet: tuple[FakeKubelet, Path], tmp_path: Path
+) -> None:
+    """POD_NAMESPACE wins over the VMI's namespace (a VMI JSON without one, say)."""
+    fake, socket = kubelet
+    fake.get_supported = False
+    fake.pods = [launcher("virt-launcher-vmi-qat-abcde", "tenant", devices("qat.intel.com/cy", A))]
+    vmi = json.loads(json.dumps(VMI))
+    del vmi["metadata"]["namespace"]
+    vmi["spec"]["domain"]["resources"]["limits"]["qat.intel.com/generic"] = "1"
+    result = d.discover(vmi, d.env_snapshot({"POD_NAMESPACE": "tenant"}), config(socket, tmp_path))
+    assert found(result) == [A]
+    assert fake.calls == ["List"]
 
 
 def test_concurrent_discoveries(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -> None:

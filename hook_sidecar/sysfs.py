@@ -1,0 +1,95 @@
+"""What sysfs says about a VF: is it a QAT VF bound to vfio-pci, and on which host NUMA node.
+
+Read under a configurable root so tests (and a sidecar with sysfs mounted
+elsewhere) never depend on the machine's own devices. Every path is built
+from a parsed ``PciAddress``, so no input can steer it elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from hook_sidecar.pci import PciAddress
+
+DEFAULT_ROOT = Path("/sys")
+INTEL_VENDOR_ID = 0x8086
+
+# Intel QAT virtual-function device ids, as Intel's QAT device plugin lists them
+# (intel-device-plugins-for-kubernetes, cmd/qat_plugin/dpdkdrv/dpdkdrv.go, qatDeviceDriver),
+# with the kernel VF driver each one binds to there.
+QAT_VF_DEVICE_IDS = frozenset(
+    {
+        0x0442,  # dh895xccvf (DH895xCC), in the plugin's list
+        0x0443,  # dh895xccvf (DH895xCC), in the plugin's list
+        0x37C9,  # c6xxvf (C62x), in the plugin's list
+        0x19E3,  # c3xxxvf (C3xxx), in the plugin's list
+        0x18A1,  # c4xxxvf (C4xxx), in the plugin's list
+        0x6F55,  # d15xxvf (D15xx), in the plugin's list
+        0x4941,  # 4xxxvf (4xxx), in the plugin's list
+        0x4943,  # 4xxxvf (401xx), in the plugin's list
+        0x4945,  # 4xxxvf (402xx), in the plugin's list
+        0x4947,  # 420xxvf (420xx), in the plugin's list
+        0x4949,  # 6xxxvf (6xxx, QAT Gen6): Linux's adf_6xxx driver; newer than that plugin list
+    }
+)
+
+_HEX_ID = re.compile(r"0x[0-9a-fA-F]{1,4}")
+_NODE = re.compile(r"-?[0-9]{1,4}")
+
+
+def device_dir(address: PciAddress, root: Path) -> Path:
+    return root / "bus" / "pci" / "devices" / str(address)
+
+
+def _read_small(path: Path | str) -> str | None:
+    """A sysfs attribute is one short line: its first 64 bytes, or None when unreadable."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(64).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+
+
+def _hex_id(path: Path) -> int | None:
+    text = _read_small(path)
+    return int(text, 16) if text is not None and _HEX_ID.fullmatch(text) else None
+
+
+def problems(address: PciAddress, root: Path) -> list[str]:
+    """Why ``address`` does not look like a QAT VF bound to vfio-pci, if it does not."""
+    device = device_dir(address, root)
+    if not device.exists():
+        return [f"{address} does not exist under {device.parent}"]
+    found = []
+    vendor = _hex_id(device / "vendor")
+    device_id = _hex_id(device / "device")
+    if vendor != INTEL_VENDOR_ID or device_id not in QAT_VF_DEVICE_IDS:
+        shown = f"{vendor or 0:04x}:{device_id or 0:04x}"
+        found.append(f"{address} is PCI device {shown}, not a known Intel QAT VF")
+    try:
+        driver = os.path.basename(os.readlink(device / "driver"))
+    except OSError:
+        driver = "no driver"
+    if driver != "vfio-pci":
+        found.append(
+            f"{address} is bound to {driver}, not vfio-pci; the device plugin or the node "
+            "setup must bind it to vfio-pci"
+        )
+    return found
+
+
+def numa_node(address: PciAddress, root: Path) -> tuple[int | None, str]:
+    """The VF's host NUMA node from ``numa_node`` (-1: none), and words saying where from."""
+    # A plain string join: this runs on every call that injects, pathlib's is slower.
+    path = f"{root}/bus/pci/devices/{address}/numa_node"
+    text = _read_small(path)
+    if text is None:
+        return None, f"no {path}"
+    if not _NODE.fullmatch(text):
+        return None, f"{path} holds {text!r}"
+    node = int(text)
+    if node < 0:
+        return None, f"{path} is {node}: the host reports no NUMA node"
+    return node, "sysfs"

@@ -1,0 +1,210 @@
+"""DRA metadata read as untrusted input: one test per class of bad file (issue 11, finding 7).
+
+Every bad file is a warning naming it, never a crash, a hang or a read of
+something outside the root; the good files beside it still count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hook_sidecar import discovery as d
+from hook_sidecar import dra
+from hook_sidecar.errors import InvalidInput, PreconditionFailed
+from tests.test_discovery import A, B, config, make_vmi, write_metadata
+
+ASKS_ONE = make_vmi({"qat.intel.com/generic": "1"})
+ENABLED = make_vmi(annotations={"qat.vm.kubevirt.io/enabled": "true"})
+
+
+def good_and_bad(tmp_path: Path, content: bytes) -> Path:
+    """A good file for A in claim ``good`` and ``content`` as claim ``bad``'s metadata."""
+    root = tmp_path / "dra"
+    write_metadata(root, "resourceclaims", "good", "vf", A)
+    bad = write_metadata(root, "resourceclaims", "bad", "vf", B)
+    bad.write_bytes(content)
+    return bad
+
+
+def discover_with_warning(tmp_path: Path, needle: str, vmi: Any = ASKS_ONE) -> d.Discovery:
+    found = d.discover(vmi, {}, config(tmp_path))
+    assert [str(a) for a in found.devices] == [A], "the good file must still count"
+    matching = [w for w in found.warnings if needle in w]
+    assert matching, found.warnings
+    assert "resourceclaims/bad" in matching[0], "the warning names the file"
+    return found
+
+
+def device(attributes: Any) -> dict[str, Any]:
+    return {"requests": [{"devices": [{"attributes": attributes}]}]}
+
+
+@pytest.mark.parametrize(
+    ("document", "needle"),
+    [
+        ([], "the document is not an object"),
+        ({"requests": {"a": 1}}, "requests is not a list"),
+        ({"requests": [5]}, "requests[0] is not an object"),
+        ({"requests": [{"devices": "x"}]}, "requests[0].devices is not a list"),
+        ({"requests": [{"devices": [None]}]}, "requests[0].devices[0] is not an object"),
+        (device(["x"]), "requests[0].devices[0].attributes is not an object"),
+        (device({dra.PCI_BUS_ID_ATTRIBUTE: {"int": 5}}), "has no string"),
+        (device({dra.PCI_BUS_ID_ATTRIBUTE: "0000:3d:02.3"}), "has no string"),
+    ],
+)
+def test_wrong_shapes_are_warnings(tmp_path: Path, document: Any, needle: str) -> None:
+    good_and_bad(tmp_path, json.dumps(document).encode())
+    discover_with_warning(tmp_path, needle)
+
+
+def test_not_json_is_a_warning(tmp_path: Path) -> None:
+    good_and_bad(tmp_path, b"{not json")
+    discover_with_warning(tmp_path, "is not valid JSON")
+
+
+def test_deep_nesting_is_a_warning(tmp_path: Path) -> None:
+    good_and_bad(tmp_path, b"[" * 100_000 + b"]" * 100_000)
+    discover_with_warning(tmp_path, "nests deeper than")
+
+
+def test_nesting_just_past_the_bound_is_a_warning(tmp_path: Path) -> None:
+    nested: Any = "x"
+    for _ in range(dra.MAX_DEPTH):
+        nested = [nested]
+    good_and_bad(tmp_path, json.dumps({"requests": nested}).encode())
+    discover_with_warning(tmp_path, f"nests deeper than {dra.MAX_DEPTH} levels")
+
+
+def test_huge_number_is_a_warning(tmp_path: Path) -> None:
+    good_and_bad(tmp_path, b'{"requests": [], "n": ' + b"9" * 5000 + b"}")
+    discover_with_warning(tmp_path, "field n is a number of 5000 characters")
+
+
+def test_file_over_one_mib_is_not_read(tmp_path: Path) -> None:
+    document = json.dumps(device({dra.PCI_BUS_ID_ATTRIBUTE: {"string": B}}))
+    good_and_bad(tmp_path, document.encode() + b" " * dra.MAX_FILE_BYTES)
+    discover_with_warning(tmp_path, f"over the limit of {dra.MAX_FILE_BYTES}")
+
+
+def test_file_of_exactly_one_mib_is_read(tmp_path: Path) -> None:
+    document = json.dumps(device({dra.PCI_BUS_ID_ATTRIBUTE: {"string": B}})).encode()
+    good_and_bad(tmp_path, document + b" " * (dra.MAX_FILE_BYTES - len(document)))
+    found = d.discover(make_vmi({"qat.intel.com/generic": "2"}), {}, config(tmp_path))
+    assert {str(a) for a in found.devices} == {A, B}
+
+
+def test_fifo_never_blocks(tmp_path: Path) -> None:
+    bad = good_and_bad(tmp_path, b"")
+    bad.unlink()
+    os.mkfifo(bad)
+    results: list[d.Discovery] = []
+    # A thread, so that a blocking open fails this test instead of hanging the suite.
+    worker = threading.Thread(
+        target=lambda: results.append(d.discover(ASKS_ONE, {}, config(tmp_path))), daemon=True
+    )
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "discovery blocked on a FIFO"
+    assert any("resourceclaims/bad" in w and "not a regular file" in w for w in results[0].warnings)
+
+
+def test_symlink_out_of_the_root_is_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside-metadata.json"
+    outside.write_text(json.dumps(device({dra.PCI_BUS_ID_ATTRIBUTE: {"string": B}})))
+    bad = good_and_bad(tmp_path, b"")
+    bad.unlink()
+    bad.symlink_to(outside)
+    discover_with_warning(tmp_path, "leads out of")
+
+
+def test_symlink_to_a_device_is_not_read(tmp_path: Path) -> None:
+    bad = good_and_bad(tmp_path, b"")
+    bad.unlink()
+    bad.symlink_to("/dev/zero")
+    discover_with_warning(tmp_path, "leads out of")
+
+
+def test_symlink_inside_the_root_is_read(tmp_path: Path) -> None:
+    """kubelet may write through a symlinked data folder inside the root, as for projections."""
+    root = tmp_path / "dra"
+    target = write_metadata(root, "resourceclaims", "..data", "vf", A)
+    link = root / "resourceclaims" / "good" / "vf" / "qat-metadata.json"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(target)
+    vmi = make_vmi(
+        {"qat.intel.com/generic": "1"}, resourceClaims=[{"name": "q", "resourceClaimName": "good"}]
+    )
+    found = d.discover(vmi, {}, config(tmp_path))
+    assert [str(a) for a in found.devices] == [A]
+    assert found.warnings == ()
+
+
+def test_claim_folder_symlinked_out_of_the_root_is_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    write_metadata(elsewhere, "resourceclaims", "claim", "vf", B)
+    root = tmp_path / "dra"
+    (root / "resourceclaims").mkdir(parents=True)
+    (root / "resourceclaims" / "bad").symlink_to(elsewhere / "resourceclaims" / "claim")
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(ASKS_ONE, {}, config(tmp_path))
+    assert "resourceclaims/bad: it leads out of" in str(info.value)
+    assert B not in str(info.value).split("Looked at:")[0]
+
+
+def test_only_the_first_files_are_read(tmp_path: Path) -> None:
+    root = tmp_path / "dra"
+    for index in range(dra.MAX_FILES + 1):
+        write_metadata(root, "resourceclaims", f"c{index:04d}", "vf", A)
+    found = d.discover(ENABLED, {}, config(tmp_path))
+    assert found.devices and str(found.devices[0]) == A
+    assert any(f"read only the first {dra.MAX_FILES} files" in w for w in found.warnings)
+
+
+def test_problems_reach_the_nothing_found_message(tmp_path: Path) -> None:
+    root = tmp_path / "dra"
+    bad = write_metadata(root, "resourceclaims", "bad", "vf", B)
+    bad.write_text("[]")
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(ASKS_ONE, {}, config(tmp_path))
+    assert "1 problem(s): DRA metadata: skipped" in str(info.value)
+    assert "resourceclaims/bad/vf/qat.intel.com-metadata.json" in str(info.value)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["requests", "devices", "attributes", dra.PCI_BUS_ID_ATTRIBUTE, "string"]
+            ),
+            children,
+            max_size=3,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(document=json_values)
+def test_any_document_is_devices_a_warning_or_a_named_error(tmp_path: Path, document: Any) -> None:
+    root = tmp_path / "dra"
+    path = write_metadata(root, "resourceclaims", "any", "vf", A)
+    path.write_text(json.dumps(document))
+    try:
+        d.discover(ENABLED, {}, config(tmp_path))
+    except PreconditionFailed:
+        pass  # nothing found: the message lists the places
+    except InvalidInput as err:
+        assert "any/vf/qat.intel.com-metadata.json" in str(err)

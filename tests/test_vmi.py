@@ -1,0 +1,222 @@
+"""The VMI reader: bounded JSON, whole-number quantities, malformed fields named (issue 11.4).
+
+Every case must be ``InvalidInput`` (INVALID_ARGUMENT over gRPC) naming the
+field, never a RecursionError or ValueError that the server would turn into
+INTERNAL.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hook_sidecar import boundedjson, hook
+from hook_sidecar import vmi as vmis
+from hook_sidecar.discovery import DiscoveryConfig
+from hook_sidecar.errors import InvalidInput
+from hook_sidecar.hostdevs import TransformOptions
+from tests.test_discovery import make_vmi
+
+PATTERNS = vmis.DEFAULT_RESOURCE_PATTERNS
+LIMIT_FIELD = 'spec.domain.resources.limits["qat.intel.com/generic"]'
+
+
+def request(vmi: Any) -> vmis.Request:
+    return vmis.read_request(vmi, PATTERNS, allow_vmi_devices=True)
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (b"[" * 100_000, "VMI nests deeper than 64 levels"),
+        (b'{"spec": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests deeper than"),
+        (json.dumps({"spec": {"x": nested(70)}}).encode(), "VMI field spec.x[0][0]"),
+        (b'{"metadata": {"generation": ' + b"9" * 5000 + b"}}", "metadata.generation is a number"),
+        (b'{"a": 1.' + b"5" * 5000 + b"}", "VMI field a is a number of 5002 characters"),
+        (b'{"a": [NaN]}', "VMI field a[0] is NaN"),
+        (b'{"a": 1e999}', "VMI field a is 1e999, out of a float's range"),
+        (b"{", "VMI is not valid JSON"),
+        (b"\xff\xfe{", "VMI is not valid JSON"),
+    ],
+)
+def test_parse_bounds(raw: bytes, needle: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        vmis.parse_vmi(raw)
+    assert needle in str(info.value)
+    assert len(str(info.value)) < 300
+
+
+def test_depth_at_the_bound_is_accepted() -> None:
+    # The top-level object is one level; the list inside it adds the rest.
+    assert vmis.parse_vmi(json.dumps({"x": nested(boundedjson.MAX_DEPTH - 1)}))
+
+
+def test_depth_one_past_the_bound_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="nests deeper than 64"):
+        vmis.parse_vmi(json.dumps({"x": nested(boundedjson.MAX_DEPTH)}))
+
+
+def test_number_at_the_bound_is_accepted() -> None:
+    digits = "9" * boundedjson.MAX_NUMBER_CHARS
+    assert vmis.parse_vmi('{"n": ' + digits + "}")["n"] == int(digits)
+    assert vmis.parse_vmi('{"n": 0.' + "5" * (boundedjson.MAX_NUMBER_CHARS - 2) + "}")["n"] < 1
+
+
+@pytest.mark.parametrize("number", ["9" * 41, "0." + "5" * 39, "-" + "9" * 40])
+def test_number_one_past_the_bound_is_refused(number: str) -> None:
+    with pytest.raises(InvalidInput, match="VMI field n is a number of 41 characters"):
+        vmis.parse_vmi('{"n": ' + number + "}")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1" * 5000, "1" * 19, "\u0661", "1.5", "-1", "1e3", "", " ", "2k", True, -1, 1.5, None, [1]],
+)
+def test_quantities_are_ascii_whole_numbers(value: Any) -> None:
+    vmi = make_vmi(limits={"qat.intel.com/generic": value})
+    with pytest.raises(InvalidInput) as info:
+        request(vmi)
+    assert f"VMI field {LIMIT_FIELD} has quantity" in str(info.value)
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("value", "count"), [("1", 1), (" 2 ", 2), (3, 3), ("1" * 18, 10**18 // 9)]
+)
+def test_good_quantities(value: Any, count: int) -> None:
+    assert request(make_vmi(limits={"qat.intel.com/generic": value})).expected == count
+
+
+def test_limits_win_over_requests() -> None:
+    vmi = make_vmi({"qat.intel.com/generic": "1"}, limits={"qat.intel.com/generic": "2"})
+    assert request(vmi).expected == 2
+
+
+@pytest.mark.parametrize(
+    ("vmi", "field"),
+    [
+        ({"metadata": []}, "VMI field metadata is a list, expected an object"),
+        ({"spec": "x"}, "VMI field spec is a string, expected an object"),
+        ({"metadata": {"annotations": 5}}, "metadata.annotations is a number"),
+        (
+            {"metadata": {"annotations": {vmis.ENABLED_ANNOTATION: True}}},
+            'metadata.annotations["qat.vm.kubevirt.io/enabled"] is a boolean, expected a string',
+        ),
+        ({"spec": {"domain": []}}, "spec.domain is a list"),
+        ({"spec": {"domain": {"resources": 1}}}, "spec.domain.resources is a number"),
+        ({"spec": {"domain": {"resources": {"limits": []}}}}, "spec.domain.resources.limits is"),
+    ],
+)
+def test_malformed_fields_are_named(vmi: Any, field: str) -> None:
+    with pytest.raises(InvalidInput, match=field.replace("[", r"\[").replace("]", r"\]")):
+        request(vmi)
+
+
+@pytest.mark.parametrize(
+    ("claims", "field"),
+    [
+        ({"name": "x"}, "spec.resourceClaims is an object, expected a list"),
+        (["x"], "spec.resourceClaims[0] is a string, expected an object"),
+        ([{"name": 5, "resourceClaimTemplateName": "t"}], "spec.resourceClaims[0].name is a"),
+    ],
+)
+def test_malformed_claims_are_named(claims: Any, field: str) -> None:
+    vmi = make_vmi(resourceClaims=claims)
+    with pytest.raises(InvalidInput, match=field.replace("[", r"\[").replace("]", r"\]")):
+        vmis.claim_directories(vmi)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"evictionStrategy": {"a": 1}}, "spec.evictionStrategy is an object, expected a string"),
+        ({"domain": {"devices": {"interfaces": [[]]}}}, "spec.domain.devices.interfaces[0] is"),
+        ({"domain": {"devices": {"gpus": {}}}}, "spec.domain.devices.gpus is an object"),
+        ({"domain": {"memory": {"reservedOverhead": 1}}}, "reservedOverhead is a number"),
+    ],
+)
+def test_malformed_preflight_fields_are_named(change: dict[str, Any], field: str) -> None:
+    vmi = make_vmi({"qat.intel.com/generic": "1"})
+    vmi["spec"].update(change)
+    with pytest.raises(InvalidInput, match=field.replace("[", r"\[").replace("]", r"\]")):
+        vmis.preflight_warnings(vmi)
+
+
+def test_display_name_never_fails() -> None:
+    assert vmis.display_name({"metadata": []}) == "-/-"
+    assert vmis.display_name({"metadata": {"name": 5, "namespace": "ns"}}) == "ns/-"
+
+
+def test_through_the_hook_seam_it_is_invalid_input() -> None:
+    """What the server maps to INVALID_ARGUMENT: the hook raises InvalidInput, nothing else."""
+    config = hook.HookSettings(
+        DiscoveryConfig(verify_sysfs="off"), TransformOptions(), guest_addresses={}
+    )
+    for raw in (
+        b"[" * 100_000,
+        b'{"spec": {"domain": {"resources": {"limits": {"qat.intel.com/x": "'
+        + b"1" * 5000
+        + b'"}}}}}',
+    ):
+        with pytest.raises(InvalidInput):
+            hook.on_define_domain(b"<domain/>", raw, {}, config)
+
+
+def test_a_huge_key_is_cut_in_the_message() -> None:
+    resource = "qat.intel.com/" + "x" * 1_000_000
+    with pytest.raises(InvalidInput) as info:
+        request(make_vmi(limits={resource: "1.5"}))
+    message = str(info.value)
+    assert len(message) < 400
+    assert 'limits["qat.intel.com/xxx' in message and '..."] has quantity' in message
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+FIELDS = ("metadata", "annotations", "spec", "domain", "resources", "limits", "requests")
+
+
+@st.composite
+def vmi_shapes(draw: st.DrawFn) -> bytes:
+    """VMI-like documents whose known fields hold any JSON value, at any of the known paths."""
+    vmi = make_vmi({"qat.intel.com/generic": "1"}, evictionStrategy="LiveMigrate")
+    node: Any = vmi
+    for key in draw(st.lists(st.sampled_from(FIELDS), max_size=4)):
+        if not isinstance(node, dict):
+            break
+        node = node.setdefault(key, {})
+    if isinstance(node, dict):
+        node[draw(st.sampled_from((*FIELDS, "qat.intel.com/generic", vmis.ENABLED_ANNOTATION)))] = (
+            draw(json_values)
+        )
+    return json.dumps(vmi, allow_nan=True).encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(vmi_shapes())
+def test_any_shape_is_a_decision_or_invalid_input(raw: bytes) -> None:
+    """Whatever the shape, reading a VMI decides or raises InvalidInput, nothing else."""
+    try:
+        vmi = vmis.parse_vmi(raw)
+        request(vmi)
+        vmis.preflight_warnings(vmi)
+        vmis.claim_directories(vmi)
+        vmis.display_name(vmi)
+    except InvalidInput:
+        pass
