@@ -1,15 +1,18 @@
 """gRPC servicers: a thin adapter from KubeVirt's hook APIs to ``hook.on_define_domain``.
 
-Each servicer turns a request into plain bytes, runs the shared hook logic,
-and turns the typed errors into status codes with a message written for the
-person reading the VMI's events. A traceback goes to the log, never to the
-client, and no error stops the server.
+Each servicer turns a request into plain bytes, runs the hook (a ``Hook``:
+the real one, or a test's), and turns the typed errors into status codes with
+a message written for the person reading the VMI's events. Every status
+message goes through ``abort_message``: one line, at most 2 KiB, whatever
+it quotes. A traceback goes to the log, never to the client, and no error
+stops the server.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
@@ -26,7 +29,7 @@ from hook_sidecar._generated import (
     v1alpha3_pb2,
     v1alpha3_pb2_grpc,
 )
-from hook_sidecar.errors import HookError, InvalidInput, PreconditionFailed
+from hook_sidecar.errors import HookError, InvalidInput, PreconditionFailed, one_line
 from hook_sidecar.hook import HookOutcome, HookSettings, on_define_domain
 
 ALL_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3")
@@ -34,6 +37,25 @@ ON_DEFINE_DOMAIN = "OnDefineDomain"
 SHUTDOWN = "Shutdown"
 LIBVIRT_DOMAIN_TYPE = "libvirt"
 MIGRATION_TARGET = "MigrationTarget"
+INTERNAL_MESSAGE = "QAT hook: internal error; the hook-sidecar container's log has the details"
+
+Hook: TypeAlias = Callable[[bytes, bytes, bool], HookOutcome]
+"""``(domain_xml, vmi_json, migration_target) -> HookOutcome``: what every callback runs.
+
+The seam between the gRPC adapter and the hook logic, like the mutator interface of
+KubeVirt's Go sidecars: the server runs ``bound_hook(...)``, tests run one they control.
+"""
+
+
+def bound_hook(settings: HookSettings, env: Mapping[str, str]) -> Hook:
+    """The real hook, ``on_define_domain`` with this process's settings and environment."""
+
+    def hook(domain_xml: bytes, vmi_json: bytes, migration_target: bool) -> HookOutcome:
+        return on_define_domain(
+            domain_xml, vmi_json, env, settings, migration_target=migration_target
+        )
+
+    return hook
 
 
 def status_for(error: HookError) -> grpc.StatusCode:
@@ -45,12 +67,19 @@ def status_for(error: HookError) -> grpc.StatusCode:
 
 
 class HookRunner:
-    """Runs one callback: the hook, its log line, and the error-to-status mapping."""
+    """Runs one callback: the hook, its log lines, and the error-to-status mapping."""
 
-    def __init__(self, settings: HookSettings, env: Mapping[str, str]) -> None:
-        self._settings = settings
-        self._env = env
+    def __init__(self, hook: Hook) -> None:
+        self._hook = hook
         self._log = logs.get()
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @property
+    def running(self) -> int:
+        """Calls inside the hook right now (a stop that leaves some behind must not wait)."""
+        with self._lock:
+            return self._running
 
     def run(
         self,
@@ -61,32 +90,30 @@ class HookRunner:
         migration_target: bool = False,
         **fields: Any,
     ) -> bytes:
+        with self._lock:
+            self._running += 1
         try:
-            outcome = on_define_domain(
-                domain_xml,
-                vmi_json,
-                self._env,
-                self._settings,
-                migration_target=migration_target,
-            )
+            outcome = self._hook(domain_xml, vmi_json, migration_target)
         except HookError as err:
             code = status_for(err)
-            self._log.error("%s refused: %s", callback, err, extra={"code": code.name, **fields})
-            _abort(context, code, f"QAT hook: {err}")
+            message = abort_message(f"QAT hook: {err}")
+            self._log.error(
+                "%s refused: %s", callback, message, extra={"code": code.name, **fields}
+            )
+            _abort(context, code, message)
         except Exception:  # noqa: BLE001 - any bug becomes INTERNAL, the server lives on
             self._log.exception("%s failed unexpectedly", callback, extra=fields)
-            _abort(
-                context,
-                grpc.StatusCode.INTERNAL,
-                "QAT hook: internal error; the hook-sidecar container's log has the details",
-            )
+            _abort(context, grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        finally:
+            with self._lock:
+                self._running -= 1
         self._report(outcome, callback, fields)
         return outcome.domain_xml
 
     def _report(self, outcome: HookOutcome, callback: str, fields: dict[str, Any]) -> None:
         found = outcome.discovery
-        for warning in found.warnings:
-            self._log.warning(warning, extra={"vmi": outcome.vmi_name})
+        for warning in outcome.warnings:
+            self._log.warning("%s", warning, extra={"vmi": outcome.vmi_name, **fields})
         added = outcome.result.added if outcome.result else ()
         present = outcome.result.already_present if outcome.result else ()
         self._log.info(
@@ -105,8 +132,13 @@ class HookRunner:
         )
 
 
+def abort_message(text: str) -> str:
+    """Every status message the server sends: one line, escaped, at most 2 KiB."""
+    return one_line(text)
+
+
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    context.abort(code, message)
+    context.abort(code, abort_message(message))
     raise AssertionError("grpc context.abort returned")  # pragma: no cover
 
 
@@ -176,17 +208,19 @@ class DomainHookServicer(plugins_v1alpha1_pb2_grpc.DomainHookServiceServicer):
         self._runner = runner
 
     def MutateDomain(self, request: Any, context: grpc.ServicerContext) -> Any:
-        invocation = request.sidecar_context.invocation_context or "unknown"
+        context_name = request.sidecar_context.invocation_context
+        invocation = one_line(context_name or "unknown", 64)
         if request.domain_type != LIBVIRT_DOMAIN_TYPE:
+            domain_type = one_line(repr(request.domain_type), 256)
             logs.get().error(
-                "MutateDomain refused: domain_type %r",
-                request.domain_type,
+                "MutateDomain refused: domain_type %s",
+                domain_type,
                 extra={"invocation": invocation},
             )
             _abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"QAT hook: domain_type {request.domain_type!r} is not supported; "
+                f"QAT hook: domain_type {domain_type} is not supported; "
                 f"only {LIBVIRT_DOMAIN_TYPE!r} domains can be mutated",
             )
         xml = self._runner.run(
@@ -194,7 +228,7 @@ class DomainHookServicer(plugins_v1alpha1_pb2_grpc.DomainHookServiceServicer):
             request.domain,
             request.vmi,
             "MutateDomain",
-            migration_target=invocation == MIGRATION_TARGET,
+            migration_target=context_name == MIGRATION_TARGET,
             invocation=invocation,
         )
         return plugins_v1alpha1_pb2.MutateDomainResponse(domain=xml)

@@ -1,17 +1,66 @@
-"""The errors a user can meet, grouped by who has to act.
+"""The errors a user can meet, grouped by who has to act, and the shape of their messages.
 
 The grouping is the contract with both front ends: the CLI exits 1 for any
 of them, and the gRPC server maps ``InvalidInput`` to INVALID_ARGUMENT and
 ``PreconditionFailed`` to FAILED_PRECONDITION, so virt-launcher puts the
 message into the VMI's events unchanged. Messages are therefore written for
 the person reading those events: what is wrong and what to change.
+
+A message often quotes what it was given (a VMI name, a device id from
+kubelet, a file name), and that text is not ours: it may hold newlines,
+terminal escapes, lone surrogates or a megabyte of anything. grpc carries the
+status message in a header that clients refuse past 16 KiB, so a long message
+would replace the hook's explanation with ``RESOURCE_EXHAUSTED``. ``one_line``
+is the single place that makes any text safe to show; ``str()`` of every
+``HookError`` goes through it, and the server passes every status message
+through it too.
 """
 
 from __future__ import annotations
 
+import re
+
+MAX_MESSAGE_BYTES = 2048
+"""UTF-8 bytes of a message; percent-encoded on the wire it stays far below grpc's 8 KiB."""
+
+# C0 and C1 controls, DEL, lone surrogates (unencodable in UTF-8) and the two
+# Unicode line separators that splitlines() and many log viewers honour.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_CUT_MARK = " ... [cut: {} more bytes]"
+
+
+def escape(text: str) -> str:
+    """``text`` on one line of encodable characters: each unsafe one becomes a visible escape."""
+
+    def visible(match: re.Match[str]) -> str:
+        char = match.group()
+        named = _NAMED.get(char)
+        if named is not None:
+            return named
+        code = ord(char)
+        return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+    return _UNSAFE.sub(visible, text)
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``text`` escaped and, as a last resort, cut to ``limit`` UTF-8 bytes, saying how much."""
+    safe = escape(text)
+    encoded = safe.encode()
+    if len(encoded) <= limit:
+        return safe
+    # Reserve room for the mark with the largest count it can show.
+    keep = max(limit - len(_CUT_MARK.format(len(encoded))), 0)
+    head = encoded[:keep].decode(errors="ignore")  # never half a character
+    return head + _CUT_MARK.format(len(encoded) - len(head.encode()))
+
 
 class HookError(Exception):
     """Base of every error whose message is meant for a user."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class InvalidInput(HookError):
@@ -20,3 +69,7 @@ class InvalidInput(HookError):
 
 class PreconditionFailed(HookError):
     """The input is fine, but the node or the configuration does not fit it."""
+
+
+class SetupFailed(HookError):
+    """The server cannot start here (socket path, directory, permissions): fix the deployment."""

@@ -5,40 +5,73 @@ for a socket, and a structured plugin by a fixed socket path; either way the
 socket file is the whole interface. So this module is careful about it: a
 stale file from a crashed run is replaced, a live one is never stolen, the
 file is connectable by virt-launcher's uid, and it is gone when we exit.
+
+One copy runs beside every VM for the VM's whole life, so it also defends
+itself: connections that idle or never speak HTTP/2 are closed, the open-file
+limit is raised to what the container allows, and a stop ends the process
+within the grace period even when a call is stuck.
+
+The server takes its environment and its hook as arguments: it never reads
+``os.environ``, and tests can hold a call open with a hook of their own.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
+import errno
+import logging
 import os
+import resource
 import signal
 import socket
 import stat
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from hook_sidecar import __version__, callbacks, logs
-from hook_sidecar.discovery import env_snapshot
-from hook_sidecar.errors import HookError
-from hook_sidecar.hook import HookSettings
-from hook_sidecar.settings import DEFAULT_SOCKET_DIR, DEFAULT_SOCKET_NAME, repeated
+from hook_sidecar.errors import SetupFailed
+
+if TYPE_CHECKING:
+    from hook_sidecar.hook import HookSettings
 
 # A VMI with large cloud-init data easily passes grpc's 4 MiB default.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# SIGTERM must end the process within 2 s; in-flight calls get most of that.
-STOP_GRACE_SECONDS = 1.5
-# sun_path is 108 bytes including the terminating NUL.
+# A stop (signal or Shutdown) must end the process within 2 s: in-flight calls get
+# the grace, then whatever is left is cancelled and the process exits regardless.
+STOP_GRACE_SECONDS = 1.0
+STOP_MARGIN_SECONDS = 0.2
+# virt-launcher dials, calls once and hangs up, so a connection that sits idle is
+# not virt-launcher's: close it rather than hold a descriptor for it.
+IDLE_SECONDS = 10.0
+# A connection that has not finished the HTTP/2 handshake by then is dropped.
+HANDSHAKE_SECONDS = 5.0
+# Even a busy connection is recycled; its calls (virt-launcher's deadline is 1 min) finish.
+MAX_CONNECTION_AGE_SECONDS = 300.0
+MAX_CONNECTION_AGE_GRACE_SECONDS = 70.0
+# virt-launcher sends one call at a time per VMI. Calls beyond this many at once are
+# refused (RESOURCE_EXHAUSTED) instead of queueing their requests in memory without end.
+# grpc clients in one process share connections, so the per-connection cap is the same.
+MAX_CONCURRENT_CALLS = 64
+# sun_path is 108 bytes including the terminating NUL. The socket is first bound as
+# <directory>/.qat-hook-XXXXXXXX/s (see _bind), which must fit too.
 MAX_SOCKET_PATH = 107
+STAGING_PREFIX = ".qat-hook-"
+MAX_SOCKET_DIRECTORY = MAX_SOCKET_PATH - len(f"/{STAGING_PREFIX}XXXXXXXX/s")
+PROBE_SECONDS = 1.0
+NR_OPEN_DEFAULT = 1024 * 1024  # the kernel's default fs.nr_open
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-class SocketInUse(HookError):
-    """Another server answers on the socket path."""
+class SocketInUse(SetupFailed):
+    """Something answers on the socket path, or it cannot be told that nothing does."""
 
 
 @dataclass(frozen=True)
@@ -48,85 +81,259 @@ class ServeConfig:
     name: str = "qat"
     versions: tuple[str, ...] = callbacks.ALL_VERSIONS
     workers: int = 2
+    grace: float = STOP_GRACE_SECONDS
+    idle_seconds: float = IDLE_SECONDS
+    handshake_seconds: float = HANDSHAKE_SECONDS
 
 
 @dataclass
 class _Listener:
     path: Path
     server: grpc.Server
-    inode: int = field(default=0)
+    handle: int
+    """An O_PATH descriptor of our socket file: it keeps the inode alive, so its number
+    cannot be reused by a newer server's socket at the same path, and the check
+    "is this file still ours" cannot be fooled."""
+
+    def owns_path(self) -> bool:
+        try:
+            return os.path.samestat(os.fstat(self.handle), self.path.lstat())
+        except OSError:
+            return False
+
+
+def _probe(path: Path) -> str | None:
+    """None when nobody listens on ``path`` (ECONNREFUSED); else why it must be left alone.
+
+    Only a refused connect proves the socket is stale. A full accept backlog (EAGAIN),
+    a socket we may not connect to (EACCES) or a slow answer all mean a server may well
+    be there, and deleting its socket would cut it off from virt-launcher for good.
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(PROBE_SECONDS)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):  # refused, or already gone
+        return None
+    except TimeoutError:
+        return f"connecting to it timed out after {PROBE_SECONDS:g} s"
+    except OSError as err:
+        if err.errno == errno.EAGAIN:
+            return "a server listens there but its backlog is full (EAGAIN)"
+        code = errno.errorcode.get(err.errno or 0, "error")
+        return f"connecting to it failed with {code} ({err.strerror})"
+    finally:
+        probe.close()
+    return "a server is already listening on it"
+
+
+def _prepare_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise SetupFailed(
+            f"socket directory {directory} is not a directory (a file is in the way); "
+            "remove that file or choose another directory"
+        ) from None
+    except OSError as err:
+        raise SetupFailed(
+            f"cannot create socket directory {directory}: {err.strerror}; "
+            "mount a writable directory there or choose another one"
+        ) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SetupFailed(
+            f"no write permission in socket directory {directory} (uid {os.getuid()}); "
+            "make it writable for this user or choose another directory"
+        )
 
 
 def prepare_socket(path: Path) -> None:
     """Make ``path`` free to bind: create the directory, clear a stale socket, refuse a live one."""
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise HookError(
-            f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes; use a shorter path"
+    if (
+        len(os.fsencode(path)) > MAX_SOCKET_PATH
+        or len(os.fsencode(path.parent)) > MAX_SOCKET_DIRECTORY
+    ):
+        raise SetupFailed(
+            f"socket path {path} is too long: at most {MAX_SOCKET_PATH} bytes, in a "
+            f"directory of at most {MAX_SOCKET_DIRECTORY} bytes; use a shorter path"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _prepare_directory(path.parent)
     try:
-        mode = path.lstat().st_mode
+        found = path.lstat()
     except FileNotFoundError:
         return
-    if not stat.S_ISSOCK(mode):
-        raise HookError(f"{path} exists and is not a socket; remove it or choose another path")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
+    except OSError as err:
+        raise SetupFailed(f"cannot inspect {path}: {err.strerror}") from None
+    if not stat.S_ISSOCK(found.st_mode):
+        raise SetupFailed(f"{path} exists and is not a socket; remove it or choose another path")
+    reason = _probe(path)
+    if reason is not None:
+        raise SocketInUse(
+            f"{path}: {reason}; left alone; stop the server using it, "
+            "or choose another --socket-name"
+        )
     try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()  # nobody listens: a crashed run left it behind
-        logs.get().info("removed stale socket", extra={"socket": str(path)})
+        # Remove exactly the file probed: never a socket another server bound meanwhile.
+        if os.path.samestat(path.lstat(), found):
+            path.unlink()
+    except FileNotFoundError:
         return
-    finally:
-        probe.close()
-    raise SocketInUse(
-        f"a server is already listening on {path}; stop it or choose another --socket-name"
-    )
+    except OSError as err:
+        raise SetupFailed(
+            f"cannot remove stale socket {path}: {err.strerror}; remove it by hand"
+        ) from None
+    logs.get().info("removed stale socket", extra={"socket": str(path)})
+
+
+def _server_options(config: ServeConfig) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_connection_idle_ms", int(config.idle_seconds * 1000)),
+        ("grpc.server_handshake_timeout_ms", int(config.handshake_seconds * 1000)),
+        ("grpc.max_connection_age_ms", int(MAX_CONNECTION_AGE_SECONDS * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(MAX_CONNECTION_AGE_GRACE_SECONDS * 1000)),
+        ("grpc.max_concurrent_streams", MAX_CONCURRENT_CALLS),
+    ]
+
+
+def _staging_directory(parent: Path) -> Path:
+    """A private 0700 directory beside the socket, as ``tempfile.mkdtemp`` would make.
+
+    Written out because importing ``tempfile`` pulls a dozen modules (shutil, bz2,
+    lzma, random...) into every sidecar for this one call: +0.4 MiB per VM.
+    """
+    for _ in range(16):
+        candidate = parent / f"{STAGING_PREFIX}{os.urandom(4).hex()}"
+        try:
+            candidate.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(errno.EEXIST, "no free staging name after 16 tries")
 
 
 def _bind(
-    path: Path, add_services: Callable[[grpc.Server], None], executor: ThreadPoolExecutor
+    path: Path,
+    add_services: Callable[[grpc.Server], None],
+    executor: ThreadPoolExecutor,
+    config: ServeConfig,
 ) -> _Listener:
+    """Serve on ``path``: bound in a private staging directory, then linked into place.
+
+    grpc core unlinks the path it bound when it shuts down, whatever file is there by
+    then; bound under a staging name it can only ever unlink that name. Linking the
+    finished socket into place also means virt-launcher, which scans the directory,
+    never finds a socket that is not yet listening or not yet connectable, and ``link``
+    (unlike ``rename``) never replaces a socket that appeared meanwhile.
+    """
     prepare_socket(path)
     server = grpc.server(
         executor,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=_server_options(config),
+        maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS,
     )
     add_services(server)
-    server.add_insecure_port(f"unix:{path}")
-    server.start()
-    # virt-launcher may run as uid 107 while we run as root (or the reverse):
-    # connecting needs write permission on the socket file. The socket lives
-    # in a directory shared only inside the pod.
-    os.chmod(path, 0o666)
-    return _Listener(path=path, server=server, inode=path.stat().st_ino)
+    try:
+        staging = _staging_directory(path.parent)
+    except OSError as err:
+        raise SetupFailed(f"cannot create a file in {path.parent}: {err.strerror}") from None
+    staged = staging / "s"
+    try:
+        try:
+            bound = server.add_insecure_port(f"unix:{staged}")
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            raise SetupFailed(
+                f"cannot bind socket {path}; check that its directory is writable "
+                "and on a file system that supports unix sockets"
+            )
+        server.start()
+        # virt-launcher may run as uid 107 while we run as root (or the reverse):
+        # connecting needs write permission on the socket file. The socket lives
+        # in a directory shared only inside the pod.
+        os.chmod(staged, 0o666)
+        handle = os.open(staged, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.link(staged, path)
+        except OSError:
+            os.close(handle)
+            raise
+    except FileExistsError:
+        server.stop(None)
+        raise SocketInUse(
+            f"{path} appeared while this server started; another server is starting "
+            "there, so it was left alone"
+        ) from None
+    except OSError as err:
+        server.stop(None)
+        raise SetupFailed(f"cannot put socket {path} in place: {err.strerror}") from None
+    except BaseException:
+        server.stop(None)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            staged.unlink()
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+    return _Listener(path=path, server=server, handle=handle)
 
 
 def _remove(listener: _Listener) -> None:
     """Remove our socket file, but never one a newer server has put in its place."""
     try:
-        if listener.path.stat().st_ino == listener.inode:
+        if listener.owns_path():
             listener.path.unlink()
     except FileNotFoundError:
         pass
+    finally:
+        os.close(listener.handle)
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one: idle peers must not starve real calls."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit cannot be the soft one (the kernel caps it at fs.nr_open).
+    target = NR_OPEN_DEFAULT if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as err:
+            logs.get().warning("cannot raise the open-file limit from %s: %s", soft, err)
+    return soft
 
 
 class HookServer:
-    """The running sidecar: one or two listeners sharing a small thread pool."""
+    """The running sidecar: one or two listeners sharing a small thread pool.
 
-    def __init__(self, config: ServeConfig, settings: HookSettings) -> None:
+    ``hook`` replaces the real hook (``on_define_domain`` with ``settings`` and ``env``),
+    so a test can hold a call open and release it.
+    """
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        settings: HookSettings,
+        env: Mapping[str, str],
+        *,
+        hook: callbacks.Hook | None = None,
+    ) -> None:
         self.config = config
         self.stop_requested = threading.Event()
-        self._runner = callbacks.HookRunner(settings, env_snapshot())
+        self.stopping = threading.Event()
+        """Set once the listeners were told to stop: new calls are refused, old ones drain."""
+        self._runner = callbacks.HookRunner(hook or callbacks.bound_hook(settings, dict(env)))
         self._executor = ThreadPoolExecutor(
             max_workers=config.workers, thread_name_prefix="qat-hook"
         )
         self._listeners: list[_Listener] = []
+
+    @property
+    def calls_running(self) -> int:
+        return self._runner.running
 
     def start(self) -> None:
         config, runner = self.config, self._runner
@@ -142,9 +349,9 @@ class HookServer:
         try:
             for path, add_services in wanted:
                 if path is not None:
-                    self._listeners.append(_bind(path, add_services, self._executor))
+                    self._listeners.append(_bind(path, add_services, self._executor, config))
         except BaseException:
-            self.stop()
+            self.stop(0)
             raise
         where = ", ".join(str(listener.path) for listener in self._listeners)
         logs.get().info(
@@ -152,80 +359,84 @@ class HookServer:
             where,
             extra={
                 "version": __version__,
-                "socket": str(self.config.hook_socket) if self.config.hook_socket else None,
-                "plugin_socket": (
-                    str(self.config.plugin_socket) if self.config.plugin_socket else None
-                ),
-                "versions": list(self.config.versions) if self.config.hook_socket else [],
+                "socket": str(config.hook_socket) if config.hook_socket else None,
+                "plugin_socket": str(config.plugin_socket) if config.plugin_socket else None,
+                "versions": list(config.versions) if config.hook_socket else [],
+                "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             },
         )
 
     def missing_socket(self) -> Path | None:
         """A socket of ours that is gone from its path (its directory was removed, say)."""
         for listener in self._listeners:
-            try:
-                if listener.path.stat().st_ino == listener.inode:
-                    continue
-            except OSError:
-                pass
-            return listener.path
+            if not listener.owns_path():
+                return listener.path
         return None
 
-    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+    def stop(self, grace: float | None = None) -> bool:
+        """Refuse new calls, give running ones ``grace`` seconds, remove our sockets.
+
+        Returns within ``grace`` plus a small margin whatever the calls do; True when
+        none is still running in a worker thread (then the process can exit normally).
+        """
+        grace = self.config.grace if grace is None else grace
         events = [listener.server.stop(grace) for listener in self._listeners]
+        if self._listeners:
+            logs.get().info(
+                "stopping: new calls are refused; %d running call(s) get %g s",
+                self._runner.running,
+                grace,
+            )
+        self.stopping.set()
+        deadline = time.monotonic() + grace + STOP_MARGIN_SECONDS
         for event in events:
-            event.wait(grace + 0.25)
+            event.wait(max(deadline - time.monotonic(), 0))
         for listener in self._listeners:
             _remove(listener)
         self._listeners.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        return self._runner.running == 0
 
 
-def serve_config(args: argparse.Namespace) -> ServeConfig:
-    versions = tuple(repeated(args, "version")) or callbacks.ALL_VERSIONS
-    unknown = [v for v in versions if v not in callbacks.ALL_VERSIONS]
-    if unknown:
-        raise HookError(
-            f"unknown hook API version {', '.join(unknown)}; "
-            f"offer some of {', '.join(callbacks.ALL_VERSIONS)}"
-        )
-    plugin_socket = Path(args.plugin_socket) if args.plugin_socket else None
-    # Plugin mode is --plugin-socket alone; naming a hook socket too serves both.
-    hook_socket = None
-    if plugin_socket is None or args.socket_dir or args.socket_name:
-        hook_socket = Path(args.socket_dir or DEFAULT_SOCKET_DIR) / (
-            args.socket_name or DEFAULT_SOCKET_NAME
-        )
-    try:
-        workers = int(args.workers)
-    except ValueError:
-        workers = 0
-    if not 1 <= workers <= 16:
-        raise HookError(f"--workers must be between 1 and 16, not {args.workers!r}")
-    return ServeConfig(
-        hook_socket=hook_socket,
-        plugin_socket=plugin_socket,
-        name=args.name,
-        versions=tuple(dict.fromkeys(versions)),
-        workers=workers,
-    )
+def _exit_now(status: int) -> None:
+    """End the process although a worker thread is stuck: Python would wait for it at exit."""
+    logs.close()
+    logging.shutdown()
+    os._exit(status)
 
 
-def run(config: ServeConfig, settings: HookSettings, install_signals: bool = True) -> int:
-    server = HookServer(config, settings)
+def run(
+    config: ServeConfig,
+    settings: HookSettings,
+    env: Mapping[str, str],
+    *,
+    hook: callbacks.Hook | None = None,
+    install_signals: bool = True,
+    exit_when_stuck: bool = True,
+) -> int:
+    """Serve until a signal, Shutdown, or the loss of a socket; return the exit status.
+
+    With ``exit_when_stuck`` a call still running after the grace ends the process
+    here (sockets already removed) instead of holding it open.
+    """
+    raise_open_files_limit()
+    server = HookServer(config, settings, env, hook=hook)
+
+    received: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logs.get().info("received %s; stopping", signal.Signals(signum).name)
+        # Only set flags here: logging from a handler can re-enter a stream mid-write.
+        received.append(signum)
         server.stop_requested.set()
 
+    previous = {}
     if install_signals:
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-    server.start()
+        previous = {signum: signal.signal(signum, on_signal) for signum in SIGNALS}
     status = 0
     try:
-        # Waking twice a second keeps the main thread responsive to signals and lets it
-        # notice a socket that vanished: nobody can reach us any more, so say so and exit.
+        server.start()
+        # Waking twice a second lets the main thread notice a socket that vanished:
+        # nobody can reach us any more, so say so and exit.
         while not server.stop_requested.wait(0.5):
             gone = server.missing_socket()
             if gone is not None:
@@ -235,12 +446,36 @@ def run(config: ServeConfig, settings: HookSettings, install_signals: bool = Tru
                 )
                 status = 1
                 break
+        if received:
+            logs.get().info("received %s; stopping", signal.Signals(received[0]).name)
     finally:
-        server.stop()
+        drained = server.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if not drained:
+        logs.get().error(
+            "%d call(s) still running after the %g s grace; exiting without them",
+            server.calls_running,
+            config.grace,
+        )
+        if exit_when_stuck:
+            logs.get().info("stopped")
+            _exit_now(status)
     logs.get().info("stopped")
     return status
 
 
-def serve_from_args(args: argparse.Namespace, settings: HookSettings) -> int:
-    logs.setup(args.log_format, args.log_level)
-    return run(serve_config(args), settings)
+def serve(
+    config: ServeConfig,
+    settings: HookSettings,
+    env: Mapping[str, str],
+    *,
+    log_format: str = "json",
+    log_level: str = "info",
+) -> int:
+    """The serving process: logging (grpc core's stderr too, in JSON mode), then ``run``."""
+    logs.setup(log_format, log_level, capture_stderr=True)
+    try:
+        return run(config, settings, env)
+    finally:
+        logs.close()

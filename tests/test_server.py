@@ -1,26 +1,33 @@
 """The sidecar over a real unix socket, driven as virt-launcher drives it.
 
 Every call opens a NEW channel (dial, call, close), as virt-launcher does.
-Most tests run ``qat-hook serve`` as a subprocess; the INTERNAL-status test
-runs the same server class in-process so that it can inject a bug.
+Tests of the API run ``qat-hook serve`` as a subprocess, the real entry point;
+tests that need a hook of their own (a bug, a long message) run the same
+server class in-process with that hook.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import os
+import shutil
 import signal
 import socket
 import stat
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from hook_sidecar import hook as hook_module
+from hook_sidecar import callbacks
 from hook_sidecar._generated import (
     info_pb2,
     info_pb2_grpc,
@@ -33,13 +40,39 @@ from hook_sidecar._generated import (
     v1alpha3_pb2,
     v1alpha3_pb2_grpc,
 )
-from hook_sidecar.discovery import DiscoveryConfig
-from hook_sidecar.hook import HookSettings
-from hook_sidecar.hostdevs import TransformOptions
-from hook_sidecar.server import HookServer, ServeConfig
-from tests.conftest import EXAMPLES, ServerProcess, run_cli, start_server
+from hook_sidecar.errors import PreconditionFailed
+from hook_sidecar.hook import HookOutcome
+from hook_sidecar.server import SocketInUse, prepare_socket
+from tests.ci import skip_or_fail
+from tests.conftest import (
+    EXAMPLES,
+    ROOT,
+    SETTINGS,
+    VF,
+    ServerProcess,
+    accepts,
+    clean_env,
+    qat_hook_command,
+    run_cli,
+    running_server,
+    start_server,
+)
 
-EXPECTED = (EXAMPLES / "domain-with-qat.xml").read_bytes()
+
+@functools.cache
+def expected() -> bytes:
+    """The example domain as the hook itself writes it with one VF in QAT0.
+
+    The transform's own tests pin its exact output; here what matters is that the
+    server returns the hook's answer, whatever the transform's current form.
+    """
+    out = callbacks.bound_hook(SETTINGS, {"QAT0": VF})(
+        (EXAMPLES / "domain.xml").read_bytes(), (EXAMPLES / "vmi.json").read_bytes(), False
+    ).domain_xml
+    assert out.count(b"<hostdev") == 1
+    return out
+
+
 VERSIONS = {
     "v1alpha1": (v1alpha1_pb2, v1alpha1_pb2_grpc),
     "v1alpha2": (v1alpha2_pb2, v1alpha2_pb2_grpc),
@@ -131,7 +164,7 @@ def test_info_with_one_version(tmp_path: Path) -> None:
 def test_on_define_domain_each_version(
     server: ServerProcess, domain_xml: bytes, vmi_json: bytes, version: str
 ) -> None:
-    assert define(server.socket, domain_xml, vmi_json, version) == EXPECTED
+    assert define(server.socket, domain_xml, vmi_json, version) == expected()
 
 
 def test_pre_cloud_init_iso_returns_input(server: ServerProcess) -> None:
@@ -147,7 +180,7 @@ def test_pre_cloud_init_iso_returns_input(server: ServerProcess) -> None:
 
 def test_mutate_domain(server: ServerProcess, domain_xml: bytes, vmi_json: bytes) -> None:
     assert server.plugin_socket is not None
-    assert mutate(server.plugin_socket, domain_xml, vmi_json) == EXPECTED
+    assert mutate(server.plugin_socket, domain_xml, vmi_json) == expected()
     # The plugin socket serves only the plugin API.
     with pytest.raises(grpc.RpcError) as err:
         info(server.plugin_socket)
@@ -190,7 +223,7 @@ def test_vmi_asking_nothing_passes_through_byte_identical(server: ServerProcess)
 def test_large_request_accepted(server: ServerProcess, domain_xml: bytes) -> None:
     vmi = json.loads((EXAMPLES / "vmi.json").read_text())
     vmi["spec"]["volumes"][1]["cloudInitNoCloud"]["userData"] = "#" * (32 * 1024 * 1024)
-    assert define(server.socket, domain_xml, json.dumps(vmi).encode()) == EXPECTED
+    assert define(server.socket, domain_xml, json.dumps(vmi).encode()) == expected()
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -230,7 +263,7 @@ def test_error_statuses_and_server_keeps_serving(
     assert details.startswith("QAT hook: ")
     assert needle in details
     assert "Traceback" not in details
-    assert define(server.socket, domain_xml, vmi_json) == EXPECTED
+    assert define(server.socket, domain_xml, vmi_json) == expected()
 
 
 def test_missing_device_is_failed_precondition(
@@ -246,37 +279,107 @@ def test_missing_device_is_failed_precondition(
 
 
 def test_unexpected_error_is_internal_with_short_message(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    domain_xml: bytes,
-    vmi_json: bytes,
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, domain_xml: bytes, vmi_json: bytes, hook_log: list[logging.LogRecord]
 ) -> None:
-    calls = {"n": 0}
-    real = hook_module.on_define_domain
+    real = callbacks.bound_hook(SETTINGS, {"QAT0": VF})
+    calls = []
 
-    def flaky(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 1:
+    def flaky(domain: bytes, vmi: bytes, migration_target: bool) -> HookOutcome:
+        calls.append(domain)
+        if len(calls) == 1:
             raise RuntimeError("secret internal detail")
-        return real(*args, **kwargs)
+        return real(domain, vmi, migration_target)
 
-    monkeypatch.setattr("hook_sidecar.callbacks.on_define_domain", flaky)
-    settings = HookSettings(
-        DiscoveryConfig(devices=(), verify_sysfs="off"), TransformOptions(), guest_addresses={}
-    )
-    monkeypatch.setenv("QAT0", "0000:3d:02.2")
-    server = HookServer(ServeConfig(hook_socket=tmp_path / "h.sock", plugin_socket=None), settings)
-    server.start()
-    try:
+    with running_server(tmp_path, hook=flaky) as server:
         error = define_error(tmp_path / "h.sock", domain_xml, vmi_json)
         assert error.code() == grpc.StatusCode.INTERNAL
         assert "secret internal detail" not in (error.details() or "")
         assert "hook-sidecar container's log" in (error.details() or "")
-        assert define(tmp_path / "h.sock", domain_xml, vmi_json) == EXPECTED
-    finally:
+        assert define(tmp_path / "h.sock", domain_xml, vmi_json) == expected()
         server.stop()
     assert not (tmp_path / "h.sock").exists()
+    failure = next(r for r in hook_log if r.getMessage().endswith("failed unexpectedly"))
+    assert failure.exc_info is not None and "secret internal detail" in str(failure.exc_info[1])
+
+
+# --- messages: one line, at most 2 KiB, whatever they quote -------------------------------------
+
+
+def _refusing(message: str) -> callbacks.Hook:
+    def hook(domain: bytes, vmi: bytes, migration_target: bool) -> HookOutcome:
+        raise PreconditionFailed(message)
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "found " + ", ".join(f"0000:{i // 256:02x}:{i % 32:02x}.{i % 8}" for i in range(10_000)),
+        "kubelet reports device id '" + "d" * 1_000_000 + "'",
+        "VMI ns/two\nlines\r\x1b[2J with a lone \udc80 surrogate",
+    ],
+    ids=["10k-devices", "1MB-device-id", "controls-and-surrogate"],
+)
+def test_status_message_is_one_line_of_at_most_2_kib(
+    tmp_path: Path, domain_xml: bytes, vmi_json: bytes, message: str
+) -> None:
+    with running_server(tmp_path, hook=_refusing(message)):
+        error = define_error(tmp_path / "h.sock", domain_xml, vmi_json)
+    details = error.details() or ""
+    # The hook's own message arrives (not RESOURCE_EXHAUSTED, not a codec error)...
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.startswith(f"QAT hook: {message[:5]}")
+    # ...on one line, within 2 KiB, saying what was cut.
+    assert len(details.encode()) <= 2048
+    assert len(details.splitlines()) == 1
+    if len(message) > 2048:
+        assert details.endswith("more bytes]")
+    else:
+        assert details == "QAT hook: VMI ns/two\\nlines\\r\\x1b[2J with a lone \\udc80 surrogate"
+
+
+def test_real_refusal_quoting_a_hostile_vmi_name_is_one_short_line(
+    tmp_path: Path, domain_xml: bytes, vmi: dict[str, Any]
+) -> None:
+    vmi["metadata"]["name"] = "evil\nQAT hook: forged\udc80" + "n" * 1_000_000
+    payload = json.dumps(vmi).encode()  # JSON escapes keep the lone surrogate encodable
+    with running_server(tmp_path, env={}):  # asks for a VF, none is found
+        error = define_error(tmp_path / "h.sock", domain_xml, payload)
+    details = error.details() or ""
+    assert error.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT)
+    assert details.startswith("QAT hook: ")
+    assert len(details.encode()) <= 2048 and len(details.splitlines()) == 1
+
+
+def test_huge_domain_type_is_refused_in_a_short_message(
+    tmp_path: Path, domain_xml: bytes, vmi_json: bytes
+) -> None:
+    with running_server(tmp_path, plugin=True), pytest.raises(grpc.RpcError) as err:
+        mutate(tmp_path / "p.sock", domain_xml, vmi_json, domain_type="x\n" * 500_000)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details() or ""
+    assert "is not supported" in details
+    assert len(details.encode()) <= 2048 and len(details.splitlines()) == 1
+
+
+# --- log entries --------------------------------------------------------------------------------
+
+
+def test_discovery_warnings_reach_the_log_with_the_vmi_name(
+    tmp_path: Path, domain_xml: bytes, vmi_json: bytes, hook_log: list[logging.LogRecord]
+) -> None:
+    # sysfs checks in "warn" mode against an empty sysfs: the VF is injected, with a warning.
+    settings = replace(
+        SETTINGS,
+        discovery=replace(SETTINGS.discovery, verify_sysfs="warn", sysfs_root=tmp_path / "sys"),
+    )
+    with running_server(tmp_path, settings=settings):
+        assert define(tmp_path / "h.sock", domain_xml, vmi_json) == expected()
+    warnings = [r for r in hook_log if r.levelno == logging.WARNING]
+    assert warnings, [r.getMessage() for r in hook_log]
+    assert all(getattr(r, "vmi", None) == "default/vmi-qat" for r in warnings)
+    assert any(VF in r.getMessage() and "sysfs" in r.getMessage() for r in warnings)
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -288,7 +391,7 @@ def test_concurrent_clients(server: ServerProcess, domain_xml: bytes, vmi_json: 
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         outputs = set().union(*pool.map(client, range(32)))
-    assert outputs == {EXPECTED}
+    assert outputs == {expected()}
 
 
 # --- lifecycle ----------------------------------------------------------------------------------
@@ -308,6 +411,7 @@ def test_log_lines_are_kubevirt_json(
 ) -> None:
     define(server.socket, domain_xml, vmi_json)
     define_error(server.socket, b"<broken", vmi_json)
+    server.wait_for_log('"code":"INVALID_ARGUMENT"')  # written before the reply; read after
     entries = json_logs(server)
     for entry in entries:
         assert entry["component"] == "qat-hook"
@@ -330,35 +434,15 @@ def test_shutdown_exits_cleanly(server: ServerProcess) -> None:
     assert server.plugin_socket is not None and not server.plugin_socket.exists()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_exits_within_two_seconds(server: ServerProcess, signum: int) -> None:
     started = time.monotonic()
     server.process.send_signal(signum)
     assert server.process.wait(5) == 0
-    # Designed to exit within 2 s (1.5 s grace + shutdown); a loaded CI machine gets slack.
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 2.0  # the README's promise
     assert not server.socket.exists()
-
-
-def test_sigterm_lets_an_in_flight_call_finish(server: ServerProcess, vmi_json: bytes) -> None:
-    disks = "".join(f"<disk type='file'><target dev='vd{i}'/></disk>" for i in range(60000))
-    big = f"<domain><name>big</name><devices>{disks}</devices></domain>".encode()
-    result: dict[str, Any] = {}
-
-    def call() -> None:
-        try:
-            result["xml"] = define(server.socket, big, vmi_json)
-        except grpc.RpcError as err:  # pragma: no cover - reported below
-            result["error"] = err
-
-    thread = threading.Thread(target=call)
-    thread.start()
-    time.sleep(0.15)
-    server.process.send_signal(signal.SIGTERM)
-    thread.join(10)
-    assert server.process.wait(5) == 0
-    assert "error" not in result, result.get("error")
-    assert b"ua-qat-0" in result["xml"]
+    assert server.plugin_socket is not None and not server.plugin_socket.exists()
+    server.wait_for_log(f"received {signal.Signals(signum).name}; stopping")
 
 
 def test_stale_socket_is_replaced(tmp_path: Path, domain_xml: bytes, vmi_json: bytes) -> None:
@@ -369,7 +453,7 @@ def test_stale_socket_is_replaced(tmp_path: Path, domain_xml: bytes, vmi_json: b
     stale.close()  # the file stays, nobody listens: what a crash leaves
     proc = start_server(tmp_path, QAT0="3d:02.2")
     try:
-        assert define(proc.socket, domain_xml, vmi_json) == EXPECTED
+        assert define(proc.socket, domain_xml, vmi_json) == expected()
         assert any(e["msg"] == "removed stale socket" for e in json_logs(proc))
     finally:
         assert proc.stop() == 0
@@ -389,11 +473,148 @@ def test_plain_file_in_the_way_is_an_error(tmp_path: Path) -> None:
     assert "exists and is not a socket" in proc.stderr.decode()
 
 
+def test_busy_socket_is_left_alone(tmp_path: Path) -> None:
+    """A full accept backlog (EAGAIN) is a live server, not a stale file."""
+    path = tmp_path / "qat.sock"
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(str(path))
+    live.listen(0)
+    waiting = []
+    try:
+        while True:  # fill the backlog: the server is alive but does not accept yet
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            peer.setblocking(False)
+            waiting.append(peer)
+            try:
+                peer.connect(str(path))
+            except BlockingIOError:
+                break
+        with pytest.raises(SocketInUse, match=r"backlog is full \(EAGAIN\); left alone"):
+            prepare_socket(path)
+        assert path.exists()
+        live.accept()[0].close()  # the server is still reachable at its path
+    finally:
+        for peer in waiting:
+            peer.close()
+        live.close()
+
+
+def without_dac_override(command: list[str]) -> list[str]:
+    """Root ignores file modes; run ``command`` without the capabilities that let it."""
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        skip_or_fail("setpriv (util-linux) is needed to test permissions as root")
+    caps = "-dac_override,-dac_read_search"
+    return [str(setpriv), f"--inh-caps={caps}", f"--bounding-set={caps}", *command]
+
+
+def serve_unprivileged(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        without_dac_override(qat_hook_command("serve", "--verify-sysfs", "off", *args)),
+        capture_output=True,
+        env=clean_env(),
+        cwd=ROOT,
+        timeout=20,  # bounds a regression where the server starts and serves
+        check=False,
+    )
+
+
+def test_socket_we_may_not_connect_to_is_left_alone(tmp_path: Path) -> None:
+    """EACCES on a socket another user owns says nothing about whether it is stale."""
+    path = tmp_path / "qat.sock"
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(str(path))
+    live.listen(8)
+    path.chmod(0)
+    try:
+        proc = serve_unprivileged("--socket-dir", str(tmp_path))
+        message = proc.stderr.decode()
+        assert proc.returncode == 1, message
+        assert "connecting to it failed with EACCES" in message
+        assert "left alone" in message
+        assert len(message.splitlines()) == 1
+        assert path.exists()
+    finally:
+        live.close()
+
+
+def test_setup_failures_are_one_line_naming_the_path(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o555)
+    cases = {
+        str(a_file): f"socket directory {a_file} is not a directory",
+        str(a_file / "below"): f"socket directory {a_file / 'below'} is not a directory",
+        str(read_only): f"no write permission in socket directory {read_only}",
+        str(read_only / "sub"): f"cannot create socket directory {read_only / 'sub'}: Permission",
+        "/tmp/" + "x" * 120: "is too long: at most 107 bytes",
+    }
+    for socket_dir, needle in cases.items():
+        proc = serve_unprivileged("--socket-dir", socket_dir)
+        message = proc.stderr.decode()
+        assert proc.returncode == 1, message
+        assert message.startswith("qat-hook: error: ") and needle in message, message
+        assert len(message.splitlines()) == 1
+        assert "internal error" not in message
+
+
+def test_stop_removes_only_its_own_socket(tmp_path: Path) -> None:
+    """A newer server that took over the path keeps its socket when the old one stops."""
+    with running_server(tmp_path) as old:
+        path = tmp_path / "h.sock"
+        path.unlink()
+        newer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        newer.bind(str(path))
+        newer.listen(1)
+        try:
+            old.stop()
+            assert path.exists()
+            assert accepts(path)
+        finally:
+            newer.close()
+
+
+def test_connections_that_never_speak_http2_are_dropped(tmp_path: Path) -> None:
+    with running_server(tmp_path, handshake_seconds=0.2):
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer.settimeout(10)  # a bound, not a wait: the server closes long before
+        peer.connect(str(tmp_path / "h.sock"))
+        try:
+            while peer.recv(4096):  # the server's SETTINGS, then the end of the stream
+                pass
+        except ConnectionResetError:
+            pass
+        finally:
+            peer.close()
+
+
+def test_idle_http2_connections_are_shed(tmp_path: Path) -> None:
+    became_idle = threading.Event()
+    states: list[grpc.ChannelConnectivity] = []
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        states.append(state)
+        if grpc.ChannelConnectivity.READY in states and state == grpc.ChannelConnectivity.IDLE:
+            became_idle.set()
+
+    with (
+        running_server(tmp_path, idle_seconds=0.2),
+        grpc.insecure_channel(f"unix:{tmp_path / 'h.sock'}") as channel,
+    ):
+        channel.subscribe(watch, try_to_connect=False)
+        info_pb2_grpc.InfoStub(channel).Info(info_pb2.InfoParams(), timeout=5)
+        # The client keeps the connection; only the server's GOAWAY makes it idle.
+        assert became_idle.wait(10), states
+        channel.unsubscribe(watch)
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
         (("--workers", "0"), "--workers must be between 1 and 16"),
-        (("--socket-dir", "/tmp/" + "x" * 120), "longer than 107 bytes"),
     ],
 )
 def test_serve_configuration_errors(args: tuple[str, ...], needle: str) -> None:
@@ -417,7 +638,7 @@ def test_plugin_only_mode(tmp_path: Path, domain_xml: bytes, vmi_json: bytes) ->
     proc = start_server(tmp_path, plugin=True, hook=False, QAT0="3d:02.2")
     try:
         assert proc.plugin_socket is not None
-        assert mutate(proc.plugin_socket, domain_xml, vmi_json) == EXPECTED
+        assert mutate(proc.plugin_socket, domain_xml, vmi_json) == expected()
         assert not (tmp_path / "hooks").exists()
         ready = next(e for e in json_logs(proc) if e["msg"].startswith("ready"))
         assert ready["plugin_socket"] == str(proc.plugin_socket)
@@ -427,13 +648,21 @@ def test_plugin_only_mode(tmp_path: Path, domain_xml: bytes, vmi_json: bytes) ->
     assert not proc.plugin_socket.exists()
 
 
-def test_text_log_format(tmp_path: Path) -> None:
-    proc = start_server(tmp_path, "--log-format", "text")
+def test_text_log_format(tmp_path: Path, domain_xml: bytes, vmi: dict[str, Any]) -> None:
+    forged = "2026-11-27T00:00:00.000000Z error   forged entry"
+    vmi["metadata"]["name"] = f"evil\n{forged}"
+    proc = start_server(tmp_path, "--log-format", "text", QAT0=VF)
     try:
         info(proc.socket)
+        define(proc.socket, domain_xml, json.dumps(vmi).encode())
+        proc.wait_for_log("OnDefineDomain: injected 1 device(s)")
     finally:
         proc.stop()
-    first = proc.log_lines()[0]
-    assert " info    ready: serving on " in first
+    lines = proc.log_lines()
+    assert " info    ready: serving on " in lines[0]
     with pytest.raises(ValueError):
-        json.loads(first)
+        json.loads(lines[0])
+    # The name is shown, escaped, inside the call's line: it starts no line of its own.
+    call = next(line for line in lines if "OnDefineDomain: injected" in line)
+    assert f"vmi=default/evil\\n{forged}" in call
+    assert not any(line.startswith(forged) for line in lines)
