@@ -1,5 +1,5 @@
 import sys
 
-from hook_sidecar.cli import main
+from hook_sidecar.startup import main
 
 sys.exit(main())

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Put the package and its runtime dependencies, as wheels, into DIR for an offline image
 # build. PY_VERSION and PLATFORM (env) select the image's Python and architecture; they
-# default to CPython 3.12 (python:3.12-slim) and this machine's architecture.
+# default to CPython 3.11 (Debian bookworm's python3, the image's base) and this machine's
+# architecture.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?output directory}
 python=${PYTHON:-python3}
-py_version=${PY_VERSION:-3.12}
+py_version=${PY_VERSION:-3.11}
 arch=$(uname -m)
 platform=${PLATFORM:-manylinux_2_28_${arch}}
 rm -rf "$out"; mkdir -p "$out"

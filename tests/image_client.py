@@ -2,15 +2,22 @@
 """Drive a running sidecar from outside, as virt-launcher would (used by make image-test).
 
     python tests/image_client.py SOCKET
+    python tests/image_client.py --check-imports SERVER_LOG
 
 Waits for the socket, then: Info; OnDefineDomain (v1alpha3) of the bundled domain for a
 VMI asking for two VFs, checking both hostdevs come back; Shutdown. Exits non-zero with a
 message on the first mismatch.
+
+``--check-imports`` reads the stderr of a server run with PYTHONVERBOSE=1 and fails if any
+module was compiled from source (no up-to-date bytecode in the image: every start of every
+sidecar would pay for compiling it) or if serving loaded a module the deferral keeps out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -73,5 +80,51 @@ def main(socket: str) -> int:
     return 0
 
 
+# What a served call must never load (see hook_sidecar/startup.py and tests/test_startup.py).
+NEVER_LOADED = (
+    "asyncio.base_events",
+    "asyncio.events",
+    "ssl",
+    "subprocess",
+    "grpc.aio._server",
+    "google.protobuf.text_format",
+)
+# python -v: "# code object from '/x/y.py'" is a compile from source; from a .pyc it names
+# the .pyc. "import 'name' # <loader>" is every module executed.
+SOURCE_COMPILE = re.compile(r"^# code object from '?(?P<path>[^']+\.py)'?$")
+IMPORTED = re.compile(r"^import '(?P<name>[^']+)' # ")
+
+
+def stderr_lines(text: str) -> list[str]:
+    """The server's stderr as written: the JSON log format re-emits fd 2 lines as ``msg``."""
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                line = str(json.loads(line).get("msg", ""))
+        lines.append(line)
+    return lines
+
+
+def check_imports(log_path: str) -> int:
+    lines = stderr_lines(Path(log_path).read_text(errors="replace"))
+    compiled = [m["path"] for m in map(SOURCE_COMPILE.match, lines) if m]
+    imported = {m["name"] for m in map(IMPORTED.match, lines) if m}
+    if len(imported) < 50:
+        raise SystemExit(f"image-client: {log_path} has no python -v import log")
+    problems = []
+    if compiled:
+        problems.append(f"compiled from source (no up-to-date bytecode): {', '.join(compiled)}")
+    loaded = [name for name in NEVER_LOADED if name in imported]
+    if loaded:
+        problems.append(f"serving loaded {', '.join(loaded)}")
+    if problems:
+        raise SystemExit("image-client: " + "; ".join(problems))
+    print(f"image-client: {len(imported)} modules, all from bytecode; none of {NEVER_LOADED}")
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--check-imports":
+        sys.exit(check_imports(sys.argv[2]))
     sys.exit(main(sys.argv[1]))

@@ -1,0 +1,180 @@
+"""Start-up that loads only what a synchronous gRPC sidecar uses.
+
+One copy of the sidecar runs beside every VM, so each module it imports is paid
+for once per VM in private memory and start-up CPU. grpc's Cython core imports
+``asyncio`` when it loads (asyncio pulls in ssl, subprocess, inspect and base64),
+``grpc/__init__`` always imports ``grpc.aio``, and protobuf always imports its
+pure-Python implementation, yet a sync server on protobuf's C core touches none
+of them. Those names are *deferred*: their first import gets a stand-in module,
+and the first time anything reads an attribute of the stand-in the real module
+is imported and answers. No code path, foreseen or not, can see a missing
+module: the deferral only moves a module's cost to its first use.
+
+The entry points (``qat-hook``, ``onDefineDomain``, ``python -m hook_sidecar``)
+call :func:`install` before anything imports grpc. ``QAT_HOOK_EAGER_IMPORTS=1``
+turns the deferral off (for comparing against it, or as an escape hatch).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import os
+import sys
+import types
+from _thread import RLock
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.abc import Loader
+
+# What a sync grpc server never uses. Only modules whose import has no side
+# effect we rely on belong here: the stand-in runs none of the module's code.
+# protobuf's descriptor_pool imports its pure-Python message implementation (with
+# text_format, the codecs and the well-known types) even when the C (upb) one runs.
+# traceback is needed only to format an exception, difflib only for `transform --diff`.
+DEFERRED = (
+    "asyncio",
+    "grpc.aio",
+    "google.protobuf.internal.python_message",
+    "traceback",
+    "difflib",
+)
+EAGER_ENV = "QAT_HOOK_EAGER_IMPORTS"
+
+
+class DeferredModule(types.ModuleType):
+    """Stands in for a module until something reads one of its attributes.
+
+    Only attributes missing from the stand-in reach ``__getattr__``; the
+    stand-in holds just what the import system itself reads (``__name__``,
+    ``__spec__`` ...), so every other read, ``__path__`` and ``__file__``
+    included, imports the real module and is answered by it from then on.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        object.__setattr__(self, "_deferred_lock", RLock())
+        object.__setattr__(self, "_deferred_real", None)
+        # While the import system fills in __spec__, __path__... it probes with
+        # getattr(module, name, None): answer "absent" instead of loading.
+        object.__setattr__(self, "_deferred_initializing", True)
+
+    def _deferred_load(self) -> types.ModuleType:
+        with self._deferred_lock:
+            real: types.ModuleType | None = self._deferred_real
+            if real is None:
+                _FINDER.release(self.__name__)
+                if sys.modules.get(self.__name__) is self:
+                    del sys.modules[self.__name__]
+                real = importlib.import_module(self.__name__)
+                object.__setattr__(self, "_deferred_real", real)
+            return real
+
+    def __getattr__(self, name: str) -> Any:
+        if self._deferred_initializing:
+            raise AttributeError(name)
+        return getattr(self._deferred_load(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The import system sets __spec__, __loader__, __package__ on the stand-in
+        # itself; anything else is meant for the real module.
+        if self._deferred_real is None and name.startswith("__") and name.endswith("__"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._deferred_load(), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._deferred_load(), name)
+
+    def __dir__(self) -> list[str]:
+        return dir(self._deferred_load())
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._deferred_real is not None else "deferred"
+        return f"<module {self.__name__!r} ({state})>"
+
+
+class _Loader:
+    """The stand-in's loader (duck-typed: importlib.abc costs more to import than it saves)."""
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        return DeferredModule(spec.name)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """Nothing runs now: the real module's code runs on first use."""
+        object.__setattr__(module, "_deferred_initializing", False)
+
+
+_LOADER = _Loader()
+
+
+class _Finder:
+    """Answers the first import of each deferred name with a stand-in."""
+
+    def __init__(self) -> None:
+        self.pending: set[str] = set()
+
+    def release(self, name: str) -> None:
+        self.pending.discard(name)
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self.pending:
+            return None
+        # Only a module that really exists is deferred; anything else fails now, as usual.
+        if importlib.machinery.PathFinder.find_spec(fullname, path) is None:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, cast("Loader", _LOADER))
+
+
+_FINDER = _Finder()
+
+
+def install(names: Sequence[str] = DEFERRED) -> None:
+    """Defer ``names`` for this process unless they are loaded already or eager is asked for."""
+    if os.environ.get(EAGER_ENV, "") not in ("", "0"):
+        return
+    _quiet_logging_task_names()
+    _FINDER.pending.update(name for name in names if name not in sys.modules)
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+
+
+def _quiet_logging_task_names() -> None:
+    # Python 3.12+ LogRecord asks asyncio for the current task whenever asyncio is in
+    # sys.modules, which would load the real asyncio on the first log line. This
+    # process runs no asyncio tasks, so there is never a task name to record.
+    if sys.version_info >= (3, 12):
+        import logging
+
+        logging.logAsyncioTasks = False
+
+
+def loaded(name: str) -> bool:
+    """Whether the real module ``name`` has been imported (a stand-in does not count)."""
+    module = sys.modules.get(name)
+    if isinstance(module, DeferredModule):
+        return module._deferred_real is not None
+    return module is not None
+
+
+def main() -> int:
+    """``qat-hook``: the CLI, with the deferral in place before anything imports grpc."""
+    install()
+    from hook_sidecar.cli import main as cli_main
+
+    return cli_main()
+
+
+def shim_main() -> int:
+    """``onDefineDomain``: the sidecar-shim script, deferred the same way."""
+    install()
+    from hook_sidecar.cli import shim_main as cli_shim_main
+
+    return cli_shim_main()

@@ -1,0 +1,244 @@
+"""The import deferral: safe in-process, and effective through the real entry point.
+
+In-process tests use throw-away modules written to tmp_path (each test its own
+names), so the deferral's behaviour is checked without touching asyncio or grpc
+in the test process. The subprocess tests run ``python -m hook_sidecar serve``
+with ``PYTHONPROFILEIMPORTTIME=1`` and read which modules the server imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hook_sidecar import startup
+from hook_sidecar._generated import (
+    info_pb2,
+    info_pb2_grpc,
+    plugins_v1alpha1_pb2,
+    plugins_v1alpha1_pb2_grpc,
+    v1alpha3_pb2,
+    v1alpha3_pb2_grpc,
+)
+from tests.conftest import start_server
+
+# What a served call must never load: asyncio's body (and what it drags in), grpc.aio's.
+NEVER_LOADED = (
+    "asyncio.base_events",
+    "asyncio.events",
+    "ssl",
+    "_ssl",
+    "subprocess",
+    "base64",
+    "grpc.aio._server",
+    "grpc.aio._channel",
+    "google.protobuf.text_format",  # protobuf's pure-Python implementation
+)
+
+
+RUN_LOGS: dict[str, Path] = {}
+
+
+@pytest.fixture
+def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh package name on sys.path whose __init__ writes a line each time it runs."""
+    name = f"deferred_{tmp_path.name.replace('-', '_')}"
+    package = tmp_path / name
+    package.mkdir()
+    log = tmp_path / "runs.log"
+    log.write_text("")
+    (package / "__init__.py").write_text(
+        f"with open({str(log)!r}, 'a') as log:\n    log.write(__name__ + '\\n')\nVALUE = 42\n"
+    )
+    (package / "sub.py").write_text("SUB = 'sub'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(startup.EAGER_ENV, raising=False)
+    RUN_LOGS[name] = log
+    yield name
+    startup._FINDER.pending.discard(name)
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+    del RUN_LOGS[name]
+
+
+def runs(name: str) -> list[str]:
+    """Each time the package's __init__ has run, in order."""
+    return RUN_LOGS[name].read_text().splitlines()
+
+
+def test_a_deferred_import_runs_nothing_until_first_use(modules: str) -> None:
+    startup.install((modules,))
+    module = importlib.import_module(modules)
+    assert isinstance(module, startup.DeferredModule)
+    assert runs(modules) == []
+    assert not startup.loaded(modules)
+
+    assert module.VALUE == 42
+    assert runs(modules) == [modules]
+    assert startup.loaded(modules)
+    assert module.VALUE == 42 and runs(modules) == [modules]  # loaded once
+    assert sys.modules[modules] is not module  # the real module replaced the stand-in
+
+
+def test_from_import_and_submodule_import_load_the_real_package(modules: str) -> None:
+    startup.install((modules,))
+    importlib.import_module(modules)
+    sub = importlib.import_module(f"{modules}.sub")
+    assert sub.SUB == "sub"
+    assert runs(modules) == [modules]  # __path__ was asked for: the package ran, then its child
+    namespace: dict[str, Any] = {}
+    exec(f"from {modules} import VALUE", namespace)
+    assert namespace["VALUE"] == 42
+
+
+def test_setattr_on_the_stand_in_reaches_the_real_module(modules: str) -> None:
+    startup.install((modules,))
+    module = importlib.import_module(modules)
+    setattr(module, "PATCHED", "yes")  # noqa: B010 - through the stand-in, as code would
+    assert sys.modules[modules].PATCHED == "yes"
+    assert module.PATCHED == "yes"
+
+
+def test_a_missing_module_still_fails_at_import(modules: str) -> None:
+    missing = modules + "_absent"
+    startup.install((missing,))
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(missing)
+    startup._FINDER.pending.discard(missing)
+
+
+def test_concurrent_first_use_runs_the_module_once(modules: str) -> None:
+    startup.install((modules,))
+    module = importlib.import_module(modules)
+    barrier = threading.Barrier(8)
+    seen: list[int] = []
+
+    def use() -> None:
+        barrier.wait()
+        seen.append(module.VALUE)
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == [42] * 8
+    assert runs(modules) == [modules]
+
+
+def test_eager_env_turns_the_deferral_off(modules: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(startup.EAGER_ENV, "1")
+    startup.install((modules,))
+    module = importlib.import_module(modules)
+    assert not isinstance(module, startup.DeferredModule)
+    assert runs(modules) == [modules]
+
+
+def test_an_already_loaded_module_is_left_alone(modules: str) -> None:
+    real = importlib.import_module(modules)
+    startup.install((modules,))
+    assert modules not in startup._FINDER.pending
+    assert importlib.import_module(modules) is real
+
+
+# --- through the real entry point -------------------------------------------------------
+
+
+def stderr_lines(log: str) -> list[str]:
+    """The server's stderr as written: the JSON log format re-emits fd 2 lines as ``msg``."""
+    lines = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                line = str(json.loads(line).get("msg", ""))
+        lines.append(line)
+    return lines
+
+
+def imported(log: str) -> list[str]:
+    """Module names from ``-X importtime`` lines, in import order."""
+    return [
+        line.rsplit("|", 1)[1].strip()
+        for line in stderr_lines(log)
+        if line.startswith("import time:") and "|" in line and "cumulative" not in line
+    ]
+
+
+def serve_and_call(
+    tmp_path: Path, vmi: bytes, domain: bytes, **env: str
+) -> tuple[list[str], bytes]:
+    """Info, OnDefineDomain, MutateDomain, Shutdown; the modules imported, and the reply."""
+    variables: dict[str, Any] = {"QAT0": "0000:3d:02.2", "PYTHONPROFILEIMPORTTIME": "1", **env}
+    server = start_server(tmp_path, plugin=True, **variables)
+    try:
+        with server.channel() as channel:
+            info_pb2_grpc.InfoStub(channel).Info(info_pb2.InfoParams(), timeout=10)
+        with server.channel() as channel:
+            reply = v1alpha3_pb2_grpc.CallbacksStub(channel).OnDefineDomain(
+                v1alpha3_pb2.OnDefineDomainParams(domainXML=domain, vmi=vmi), timeout=10
+            )
+        assert reply.domainXML
+        with server.channel(plugin=True) as channel:
+            mutated = plugins_v1alpha1_pb2_grpc.DomainHookServiceStub(channel).MutateDomain(
+                plugins_v1alpha1_pb2.MutateDomainRequest(
+                    domain_type="libvirt", domain=domain, vmi=vmi
+                ),
+                timeout=10,
+            )
+        assert mutated.domain == reply.domainXML
+        with server.channel() as channel:
+            v1alpha3_pb2_grpc.CallbacksStub(channel).Shutdown(
+                v1alpha3_pb2.ShutdownParams(), timeout=10
+            )
+        assert server.process.wait(10) == 0
+    finally:
+        server.stop()
+    return imported(server.log_path.read_text()), reply.domainXML
+
+
+def test_serving_loads_neither_asyncio_ssl_nor_grpc_aio(
+    tmp_path: Path, domain_xml: bytes, vmi_json: bytes
+) -> None:
+    names, _ = serve_and_call(tmp_path, vmi_json, domain_xml)
+    assert "grpc._cython.cygrpc" in names  # the import log is really being read
+    assert "lxml.etree" in names  # this VMI asks for a VF: the transform ran
+    assert [name for name in NEVER_LOADED if name in names] == []
+
+
+def test_the_check_sees_them_when_the_deferral_is_off(
+    tmp_path: Path, domain_xml: bytes, vmi_json: bytes
+) -> None:
+    names, _ = serve_and_call(tmp_path, vmi_json, domain_xml, **{startup.EAGER_ENV: "1"})
+    assert {"asyncio.base_events", "ssl", "grpc.aio._server"} <= set(names)
+
+
+def test_a_vmi_that_asks_for_nothing_never_loads_lxml(
+    tmp_path: Path, domain_xml: bytes, vmi: dict[str, Any]
+) -> None:
+    for section in ("limits", "requests"):
+        vmi["spec"]["domain"]["resources"][section].pop("qat.intel.com/generic")
+    names, _ = serve_and_call(tmp_path, json.dumps(vmi).encode(), domain_xml)
+    assert "hook_sidecar.hook" in names
+    assert not [name for name in names if name.startswith("lxml")]
+    assert [name for name in NEVER_LOADED if name in names] == []
+
+
+def test_the_image_s_optimisation_level_serves_the_same_answer(
+    tmp_path: Path, domain_xml: bytes, vmi_json: bytes
+) -> None:
+    # The image runs with PYTHONOPTIMIZE=2: no asserts, no docstrings.
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "oo").mkdir()
+    _, plain = serve_and_call(tmp_path / "plain", vmi_json, domain_xml)
+    names, optimised = serve_and_call(tmp_path / "oo", vmi_json, domain_xml, PYTHONOPTIMIZE="2")
+    assert b"ua-qat-0" in plain
+    assert optimised == plain
+    assert "lxml.etree" in names
