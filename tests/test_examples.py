@@ -74,7 +74,7 @@ def test_hook_annotation(name: str, metadata: dict[str, Any], spec: dict[str, An
     assert set(sidecar) <= SIDECAR_KEYS
     assert sidecar["image"] == makefile_image()
     # The image's entrypoint is `qat-hook serve`; the annotation's args append to it.
-    build_parser().parse_args(["serve", *sidecar.get("args", [])])
+    build_parser({}).parse_args(["serve", *sidecar.get("args", [])])
     # The VMI asks for QAT in a way the hook recognises, and reserves locked memory.
     request = vmis.read_request(
         {"metadata": metadata, "spec": spec}, vmis.DEFAULT_RESOURCE_PATTERNS, False
@@ -92,33 +92,53 @@ def test_resource_names_match_the_default_patterns() -> None:
                     assert vmis.resource_matches(resource, vmis.DEFAULT_RESOURCE_PATTERNS), name
 
 
-def test_feature_gate_patch() -> None:
-    gates = documents(EXAMPLES / "kubevirt-sidecar-featuregate.yaml")[0]["spec"]["configuration"][
-        "developerConfiguration"
-    ]["featureGates"]
-    assert {"Sidecar", "ReservedOverheadMemlock"} <= set(gates)
+def test_examples_hold_no_install_objects() -> None:
+    """Plugins and admission policies live in deploy/ only: no second copy to drift."""
+    for path in YAML_FILES:
+        for doc in documents(path):
+            assert doc.get("kind") not in (
+                "Plugin",
+                "MutatingAdmissionPolicy",
+                "MutatingAdmissionPolicyBinding",
+            ), path
 
 
-def test_dra_example_is_consistent() -> None:
+def test_no_two_examples_share_a_kind_and_name() -> None:
+    seen: dict[tuple[str, str], Path] = {}
+    for path in YAML_FILES:
+        for doc in documents(path):
+            if "kind" not in doc:
+                continue
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key not in seen, f"{path} and {seen[key]} both define {key}"
+            seen[key] = path
+
+
+def test_dra_examples_use_the_claim_the_install_shares() -> None:
     template = documents(EXAMPLES / "dra" / "resourceclaimtemplate.yaml")[0]
-    vmi = documents(EXAMPLES / "dra" / "vmi-qat-dra.yaml")[0]
-    policy, binding = documents(EXAMPLES / "dra" / "share-claim-policy.yaml")
-    claim = vmi["spec"]["resourceClaims"][0]
-    assert claim["resourceClaimTemplateName"] == template["metadata"]["name"]
-    assert f'c.name == "{claim["name"]}"' in policy["spec"]["matchConditions"][0]["expression"]
-    expression = policy["spec"]["mutations"][0]["applyConfiguration"]["expression"]
-    assert f'claims{{name: "{claim["name"]}"}}' in expression
-    assert 'startsWith("hook-sidecar-")' in expression and 'c.name == "compute"' in expression
-    assert makefile_image().rsplit(":", 1)[0] + ":" in expression
-    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
-    assert policy["spec"]["matchConstraints"]["objectSelector"]["matchLabels"] == {
-        "kubevirt.io": "virt-launcher"
-    }
+    for path in (EXAMPLES / "dra" / "vmi-qat-dra.yaml", EXAMPLES / "plugin/dra/vmi-qat-dra.yaml"):
+        vmi = documents(path)[0]
+        # deploy/components/dra shares the pod claim named "qat".
+        assert vmi["spec"]["resourceClaims"] == [
+            {"name": "qat", "resourceClaimTemplateName": template["metadata"]["name"]}
+        ]
+        assert vmi["metadata"]["annotations"]["qat.vm.kubevirt.io/enabled"] == "true"
+
+
+def test_example_comments_point_at_what_exists() -> None:
+    for path in [*YAML_FILES, EXAMPLES / "README.md"]:
+        text = path.read_text()
+        for overlay in re.findall(r"deploy/overlays/([\w.-]+)", text):
+            assert (ROOT / "deploy" / "overlays" / overlay / "kustomization.yaml").is_file(), path
+        for target in re.findall(r"(deploy/gates/[\w.-]+)", text):
+            assert (ROOT / target).is_file(), path
+        for link in re.findall(r"\]\(([^)#:]+)\)", text):
+            assert (path.parent / link).exists(), f"{path}: {link}"
 
 
 def test_static_pinning_pins_node_and_device() -> None:
     vmi = documents(EXAMPLES / "static-pinning.yaml")[0]
     assert vmi["spec"]["nodeSelector"]
     args = json.loads(vmi["metadata"]["annotations"]["hooks.kubevirt.io/hookSidecars"])[0]["args"]
-    parsed = build_parser().parse_args(["serve", *args])
+    parsed = build_parser({}).parse_args(["serve", *args])
     assert parsed.device == ["0000:3d:02.2"]

@@ -1,308 +1,233 @@
-"""The plugin deployment: Plugin object, sidecar-injecting policies, and what they do to a pod.
+"""The KubeVirt Plugin object: its CEL in KubeVirt's dialect, its socket, its policies.
 
-No API server runs here, so the policies are exercised as far as real tools allow:
-- every CEL condition (the Plugin's and each policy's matchConditions) is evaluated for
-  real with cel-python against a captured virt-launcher pod or an example VMI;
-- cel-python cannot build Kubernetes' typed objects (``Object.spec.containers{...}``,
-  ``JSONPatch{...}``), so the mutation expressions, which are written as typed
-  constructions with literal values only, are turned into the JSON data they denote
-  (``cel_literal_to_json``) and applied to the captured pod: JSONPatch with the jsonpatch
-  library, ApplyConfiguration with a merge of list-maps by name, as server-side apply does
-  for containers, volumes, env and claims.
+KubeVirt compiles a Plugin's ``condition`` (and any hook's ``condition`` or
+``cel.expression``) against Go structs when the object is created, so a JSON field name
+there makes ``kubectl apply`` fail and, if it ever got in, every VM fail to boot.
+``tests.k8s_policy.plugin_condition`` evaluates conditions over a Go-named view of the
+VMI that mirrors KubeVirt's environment; every Plugin the repository ships (rendered from
+deploy/ and the chart, and any in examples/) is checked.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-import celpy
-import jsonpatch
 import pytest
 import yaml
 
-from hook_sidecar.cli import build_parser
-from hook_sidecar.server import serve_config
+from hook_sidecar.cli import build_parser, serve_config
+from tests import k8s_render as render
 from tests.conftest import EXAMPLES, ROOT
-from tests.test_examples import makefile_image
+from tests.k8s_policy import kubevirt_cel_problems, plugin_condition
 
-PLUGIN = EXAMPLES / "plugin"
-POD = yaml.safe_load((ROOT / "tests" / "data" / "virt-launcher-pod.yaml").read_text())
-SIDECAR_POLICIES = {
-    "plain": PLUGIN / "sidecar-policy.yaml",
-    "dra": PLUGIN / "dra" / "sidecar-policy.yaml",
-    "podresources": EXAMPLES / "podresources" / "plugin-route-policy.yaml",
+SOCKET = "/var/run/kubevirt-plugin/qat/qat.sock"
+PLUGIN_SPEC_KEYS = {
+    "condition",
+    "failureStrategy",
+    "domainHooks",
+    "nodeHooks",
+    "mutatingAdmissionPolicies",
+    "validatingAdmissionPolicies",
 }
+DOMAIN_HOOK_KEYS = {"cel", "sidecar", "condition", "failureStrategy", "timeout"}
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def plugin() -> dict[str, Any]:
-    return load_all(PLUGIN / "plugin.yaml")[0]
+def shipped_plugins() -> list[tuple[str, dict[str, Any]]]:
+    """Every Plugin object the repository ships, with where it comes from."""
+    found = []
+    for path in sorted(render.OVERLAYS.iterdir()):
+        for obj in render.of_kind(render.kustomize(path), "Plugin"):
+            found.append((f"deploy/overlays/{path.name}", obj))
+    for source in render.SOURCES:
+        for obj in render.of_kind(render.helm("plugin", source, "v1"), "Plugin"):
+            found.append((f"chart plugin/{source}", obj))
+    for path in sorted(EXAMPLES.rglob("*.yaml")):
+        for obj in load_all(path):
+            if obj.get("kind") == "Plugin":
+                found.append((str(path.relative_to(ROOT)), obj))
+    return found
 
 
-def socket_path() -> str:
-    hooks = plugin()["spec"]["domainHooks"]
-    assert len(hooks) == 1
-    return str(hooks[0]["sidecar"]["socketPath"])
+def kubevirt_expressions(plugin: dict[str, Any]) -> list[str]:
+    spec = plugin["spec"]
+    expressions = [spec["condition"]] if "condition" in spec else []
+    for hook in spec.get("domainHooks", []):
+        if "condition" in hook:
+            expressions.append(hook["condition"])
+        if "cel" in hook:
+            expressions.append(hook["cel"]["expression"])
+    return expressions
 
 
-_TOKENS = re.compile(
-    r'(?P<string>"(?:[^"\\]|\\.)*")'
-    r"|(?P<type>[A-Z]\w*(?:\.\w+)*\s*\{)"
-    r"|(?P<key>[A-Za-z_]\w*)\s*:"
-    r"|(?P<word>[A-Za-z_]\w*)"
-    r'|(?P<other>[^"A-Za-z_]+)',
-    re.S,
+@pytest.fixture(scope="module")
+def plugins() -> list[tuple[str, dict[str, Any]]]:
+    found = shipped_plugins()
+    assert len(found) >= 9  # 6 plugin overlays, 3 chart variants
+    return found
+
+
+@pytest.fixture(scope="module")
+def condition(plugins: list[tuple[str, dict[str, Any]]]) -> str:
+    conditions = {plugin["spec"]["condition"] for _, plugin in plugins}
+    assert len(conditions) == 1, "the Plugins disagree on their condition"
+    return str(conditions.pop())
+
+
+def example_vmi() -> dict[str, Any]:
+    return load_all(EXAMPLES / "plugin" / "vmi-qat.yaml")[0]
+
+
+def vmi_with(requests: dict[str, str] | None, limits: dict[str, str] | None) -> dict[str, Any]:
+    vmi = copy.deepcopy(example_vmi())
+    resources: dict[str, Any] = {}
+    if requests is not None:
+        resources["requests"] = requests
+    if limits is not None:
+        resources["limits"] = limits
+    vmi["spec"]["domain"]["resources"] = resources
+    return vmi
+
+
+# --- the condition, evaluated as KubeVirt does ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "vmi", "wanted"),
+    [
+        ("requests", vmi_with({"memory": "4Gi", "qat.intel.com/generic": "1"}, None), True),
+        ("limits", vmi_with({"memory": "4Gi"}, {"qat.intel.com/cy": "1"}), True),
+        ("none", vmi_with({"memory": "4Gi"}, {"memory": "4Gi"}), False),
+        ("other-vendor", vmi_with({"intel.com/qat": "1"}, None), False),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
 )
+def test_condition_over_resources(
+    condition: str, case: str, vmi: dict[str, Any], wanted: bool
+) -> None:
+    assert plugin_condition(condition, vmi) is wanted, case
 
 
-def cel_literal_to_json(expression: str) -> Any:
-    """The JSON data a CEL expression of typed object literals denotes.
-
-    Handles exactly what the examples use: ``Type.path{field: value}`` constructions,
-    lists, string-keyed maps, strings, numbers and booleans. Anything else (a variable,
-    a function call) makes json.loads fail, so the test fails rather than guesses.
-    """
-    out = []
-    for match in _TOKENS.finditer(expression):
-        kind = match.lastgroup
-        if kind == "type":
-            out.append("{")
-        elif kind == "key":
-            out.append(f'"{match.group("key")}":')
-        else:
-            out.append(match.group(0))
-    return json.loads("".join(out))
+def test_condition_annotation(condition: str) -> None:
+    vmi = vmi_with({"memory": "4Gi"}, None)
+    assert plugin_condition(condition, vmi) is False
+    vmi["metadata"]["annotations"] = {"qat.vm.kubevirt.io/enabled": "true"}
+    assert plugin_condition(condition, vmi) is True
 
 
-def merge_by_name(target: Any, patch: Any) -> Any:
-    """Server-side apply's merge for these fields: maps recursively, list-maps by name."""
-    if isinstance(target, dict) and isinstance(patch, dict):
-        for key, value in patch.items():
-            target[key] = merge_by_name(target.get(key), value) if key in target else value
-        return target
-    if (
-        isinstance(target, list)
-        and isinstance(patch, list)
-        and all(isinstance(i, dict) and "name" in i for i in target + patch)
+def test_condition_on_a_vmi_without_resources_or_metadata_maps(condition: str) -> None:
+    vmi = copy.deepcopy(example_vmi())
+    del vmi["spec"]["domain"]["resources"]
+    vmi["metadata"].pop("annotations", None)
+    assert plugin_condition(condition, vmi) is False
+
+
+@pytest.mark.parametrize(
+    "path",
+    [EXAMPLES / "plugin" / "vmi-qat.yaml", EXAMPLES / "plugin" / "dra" / "vmi-qat-dra.yaml"],
+    ids=lambda p: str(p.relative_to(EXAMPLES)),
+)
+def test_condition_admits_the_plugin_examples(condition: str, path: Path) -> None:
+    assert plugin_condition(condition, load_all(path)[0]) is True
+
+
+def test_the_go_view_rejects_json_names() -> None:
+    """The check that would have caught issue 16: JSON names do not evaluate."""
+    vmi = example_vmi()
+    for expression in (
+        "has(vmi.spec.domain.resources.requests)",
+        '"qat.vm.kubevirt.io/enabled" in vmi.metadata.annotations',
+        "vmi.Spec.Domain.Devices.HostDevices.size() > 0",  # a Go name outside the map
     ):
-        by_name = {item["name"]: item for item in target}
-        for item in patch:
-            if item["name"] in by_name:
-                merge_by_name(by_name[item["name"]], item)
-            else:
-                target.append(item)
-        return target
-    return patch
+        with pytest.raises(AssertionError, match="undefined field"):
+            plugin_condition(expression, vmi)
+    assert plugin_condition('vmi.Labels["kubevirt.io/vm"] == "x" || vmi.Namespace == ""', vmi)
 
 
-def cel(expression: str, **variables: Any) -> bool:
-    environment = celpy.Environment()
-    program = environment.program(environment.compile(expression))
-    activation = {name: celpy.json_to_cel(value) for name, value in variables.items()}  # type: ignore[attr-defined]
-    return bool(program.evaluate(activation))
+# --- every KubeVirt CEL expression in the repository uses KubeVirt's names -------------------
 
 
-def admit(policy_path: Path, pod: dict[str, Any]) -> dict[str, Any] | None:
-    """What the policy does to ``pod`` on CREATE; None when its conditions do not match."""
-    policy = load_all(policy_path)[0]
-    spec = policy["spec"]
-    selector = spec["matchConstraints"]["objectSelector"]["matchLabels"]
-    if any(pod["metadata"].get("labels", {}).get(k) != v for k, v in selector.items()):
-        return None
-    if not all(cel(c["expression"], object=pod) for c in spec.get("matchConditions", [])):
-        return None
-    result = copy.deepcopy(pod)
-    for mutation in spec["mutations"]:
-        if mutation["patchType"] == "JSONPatch":
-            operations = cel_literal_to_json(mutation["jsonPatch"]["expression"])
-            result = dict(jsonpatch.apply_patch(result, operations))
-        else:
-            patch = cel_literal_to_json(mutation["applyConfiguration"]["expression"])
-            result = merge_by_name(result, patch)
-    return result
+def test_no_json_names_in_any_kubevirt_cel(plugins: list[tuple[str, dict[str, Any]]]) -> None:
+    for where, plugin in plugins:
+        for expression in kubevirt_expressions(plugin):
+            assert kubevirt_cel_problems(expression) == [], where
 
 
-def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
-    matches: list[dict[str, Any]] = [c for c in pod["spec"]["containers"] if c["name"] == name]
-    assert len(matches) == 1, f"{len(matches)} containers named {name}"
-    return matches[0]
+@pytest.mark.parametrize(
+    ("expression", "problem"),
+    [
+        ('vmi.spec.domain.resources.requests.exists(r, r == "x")', "vmi.spec"),
+        ('"a" in vmi.metadata.annotations', "vmi.metadata"),
+        ("domainSpec.devices.hostdevs.size() > 0", "domainSpec.devices"),
+        ("object.spec.containers.size() > 0", "'object'"),
+        ("domain.Devices.size() > 0", "'domain'"),
+    ],
+)
+def test_the_cel_check_flags_what_kubevirt_rejects(expression: str, problem: str) -> None:
+    problems = kubevirt_cel_problems(expression)
+    assert problems and any(problem in p for p in problems), problems
+
+
+def test_the_cel_check_accepts_kubevirt_names() -> None:
+    assert (
+        kubevirt_cel_problems(
+            'vmi.Spec.Domain.Resources.Requests.exists(r, r.startsWith("vmi.spec")) && '
+            'domainSpec.Devices.Hostdevs.all(h, h.Managed == "no") && "x" in vmi.Annotations'
+        )
+        == []
+    )
 
 
 # --- the Plugin object ----------------------------------------------------------------------
 
 
-def test_plugin_object() -> None:
-    doc = plugin()
-    assert doc["apiVersion"] == "plugin.kubevirt.io/v1alpha1"
-    assert doc["kind"] == "Plugin"
-    assert doc["metadata"]["name"] == "qat"
-    assert doc["spec"]["failureStrategy"] == "Fail"
-    assert socket_path() == "/var/run/kubevirt-plugin/qat/qat.sock"
-    referenced = [ref["name"] for ref in doc["spec"]["mutatingAdmissionPolicies"]]
-    for path in SIDECAR_POLICIES.values():
-        policy, binding = load_all(path)
-        assert policy["metadata"]["name"] in referenced
-        assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+def test_plugin_object_shape(plugins: list[tuple[str, dict[str, Any]]]) -> None:
+    """No schema for KubeVirt's Plugin CRD exists here: check the fields KubeVirt defines."""
+    for where, plugin in plugins:
+        assert plugin["apiVersion"] == "plugin.kubevirt.io/v1alpha1", where
+        assert plugin["metadata"]["name"] == "qat", where
+        spec = plugin["spec"]
+        assert set(spec) <= PLUGIN_SPEC_KEYS, where
+        assert spec["failureStrategy"] in ("Fail", "Ignore"), where
+        assert [h["sidecar"]["socketPath"] for h in spec["domainHooks"]] == [SOCKET], where
+        for hook in spec["domainHooks"]:
+            assert set(hook) <= DOMAIN_HOOK_KEYS, where
+            assert ("cel" in hook) != ("sidecar" in hook), where
 
 
 @pytest.mark.parametrize(
-    ("vmi_path", "expected"),
-    [
-        (PLUGIN / "vmi-qat.yaml", True),
-        (PLUGIN / "dra" / "vmi-qat-dra.yaml", True),
-        (EXAMPLES / "vmi-qat.yaml", True),
-    ],
+    "overlay", [o for o in sorted(os.listdir(render.OVERLAYS)) if o.startswith("plugin-")]
 )
-def test_plugin_condition(vmi_path: Path, expected: bool) -> None:
-    vmi = load_all(vmi_path)[0]
-    assert cel(plugin()["spec"]["condition"], vmi=vmi) is expected
+def test_plugin_lists_exactly_the_policies_installed_with_it(overlay: str) -> None:
+    objects = render.kustomize(render.OVERLAYS / overlay)
+    plugin = render.one(objects, "Plugin")
+    listed = sorted(ref["name"] for ref in plugin["spec"]["mutatingAdmissionPolicies"])
+    installed = sorted(
+        p["metadata"]["name"] for p in render.of_kind(objects, "MutatingAdmissionPolicy")
+    )
+    assert listed == installed
 
 
-def test_plugin_condition_skips_plain_vmis() -> None:
-    vmi = {
-        "metadata": {"name": "plain"},
-        "spec": {"domain": {"resources": {"requests": {"memory": "1Gi"}}}},
-    }
-    assert cel(plugin()["spec"]["condition"], vmi=vmi) is False
+def test_plugin_socket_is_what_the_sidecar_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The socket the Plugin names is the one the injected container's args serve."""
+    from tests.k8s_policy import admit
 
-
-# --- the sidecar-injecting policies ------------------------------------------------------------
-
-
-@pytest.mark.parametrize("variant", list(SIDECAR_POLICIES))
-def test_policy_adds_a_restricted_plugin_sidecar(variant: str) -> None:
-    pod = admit(SIDECAR_POLICIES[variant], POD)
-    assert pod is not None
-    hook = container(pod, "qat-hook")
-    assert hook["image"] == makefile_image()
-
-    mounts = [m for m in hook["volumeMounts"] if m["name"] == "kubevirt-plugin-sockets"]
-    assert mounts == [
-        {
-            "name": "kubevirt-plugin-sockets",
-            "mountPath": os.path.dirname(socket_path()) + "/",
-            "subPath": plugin()["metadata"]["name"],
-        }
-    ]
-    assert any(v["name"] == "kubevirt-plugin-sockets" for v in pod["spec"]["volumes"])
-
-    security = hook["securityContext"]
-    assert security["runAsNonRoot"] is True
-    assert security["runAsUser"] == 107
-    assert security["allowPrivilegeEscalation"] is False
-    assert security["capabilities"] == {"drop": ["ALL"]}
-    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert security["readOnlyRootFilesystem"] is True
-
-    limits = hook["resources"]["limits"]
-    assert limits == {"cpu": "200m", "memory": "64Mi"}
-
-    args = build_parser().parse_args(["serve", *hook["args"]])
-    config = serve_config(args)
+    monkeypatch.setattr(os, "environ", {})  # the parser reads QAT_HOOK_*: not the developer's
+    objects = render.kustomize(render.OVERLAYS / "plugin-podresources")
+    pod = admit(objects, yaml.safe_load((ROOT / "tests/data/virt-launcher-pod.yaml").read_text()))
+    hook = next(c for c in pod["spec"]["containers"] if c["name"] == "qat-hook")
+    config = serve_config(build_parser({}).parse_args(["serve", *hook["args"]]))
     assert config.hook_socket is None  # plugin mode: no legacy socket
-    assert str(config.plugin_socket) == socket_path()
-
-
-@pytest.mark.parametrize("variant", list(SIDECAR_POLICIES))
-def test_policy_adds_the_container_once(variant: str) -> None:
-    once = admit(SIDECAR_POLICIES[variant], POD)
-    assert once is not None
-    assert admit(SIDECAR_POLICIES[variant], once) is None
-
-
-@pytest.mark.parametrize("variant", list(SIDECAR_POLICIES))
-def test_policy_ignores_pods_without_the_plugin_volume(variant: str) -> None:
-    pod = copy.deepcopy(POD)
-    pod["spec"]["volumes"] = [
-        v for v in pod["spec"]["volumes"] if v["name"] != "kubevirt-plugin-sockets"
-    ]
-    assert admit(SIDECAR_POLICIES[variant], pod) is None
-    other = copy.deepcopy(POD)
-    other["metadata"]["labels"] = {"app": "web"}
-    assert admit(SIDECAR_POLICIES[variant], other) is None
-
-
-def test_dra_variant_shares_the_claim() -> None:
-    pod = admit(SIDECAR_POLICIES["dra"], POD)
-    assert pod is not None
-    assert container(pod, "qat-hook")["resources"]["claims"] == [{"name": "qat"}]
-    assert container(pod, "compute")["resources"]["claims"] == [{"name": "qat"}]
-    # The compute container keeps everything else it had.
-    assert container(pod, "compute")["resources"]["limits"]["qat.intel.com/generic"] == "1"
-    without_claim = copy.deepcopy(POD)
-    del without_claim["spec"]["resourceClaims"]
-    assert admit(SIDECAR_POLICIES["dra"], without_claim) is None
-
-
-def test_dra_variant_matches_its_claim_template_and_vmi() -> None:
-    template = load_all(PLUGIN / "dra" / "resourceclaimtemplate.yaml")[0]
-    vmi = load_all(PLUGIN / "dra" / "vmi-qat-dra.yaml")[0]
-    claim = vmi["spec"]["resourceClaims"][0]
-    assert claim == {"name": "qat", "resourceClaimTemplateName": template["metadata"]["name"]}
-    assert POD["spec"]["resourceClaims"][0] == claim
-
-
-def test_podresources_variant_mounts_kubelet_socket_read_only() -> None:
-    pod = admit(SIDECAR_POLICIES["podresources"], POD)
-    assert pod is not None
-    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "qat-hook-pod-resources")
-    assert volume["hostPath"] == {"path": "/var/lib/kubelet/pod-resources", "type": "Directory"}
-    hook = container(pod, "qat-hook")
-    mount = next(m for m in hook["volumeMounts"] if m["name"] == "qat-hook-pod-resources")
+    assert str(config.plugin_socket) == SOCKET
+    mount = next(m for m in hook["volumeMounts"] if m["name"] == "kubevirt-plugin-sockets")
     assert mount == {
-        "name": "qat-hook-pod-resources",
-        "mountPath": "/var/lib/kubelet/pod-resources",
-        "readOnly": True,
+        "name": "kubevirt-plugin-sockets",
+        "mountPath": os.path.dirname(SOCKET) + "/",
+        "subPath": render.one(objects, "Plugin")["metadata"]["name"],
     }
-    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in hook["env"]}
-    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
-    # The hook's default socket path is inside that mount.
-    args = build_parser().parse_args(["serve", *hook["args"]])
-    assert args.podresources_socket == "/var/lib/kubelet/pod-resources/kubelet.sock"
-
-
-# --- the annotation-route policies (ApplyConfiguration with CEL comprehensions) ----------------
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        EXAMPLES / "podresources" / "annotation-route-policy.yaml",
-        EXAMPLES / "dra" / "share-claim-policy.yaml",
-    ],
-    ids=["podresources", "dra"],
-)
-def test_annotation_route_policy_conditions(path: Path) -> None:
-    policy = load_all(path)[0]
-    pod = copy.deepcopy(POD)
-    pod["spec"]["containers"].append({"name": "hook-sidecar-0", "image": makefile_image()})
-    pod["spec"]["containers"].append({"name": "hook-sidecar-1", "image": "example.com/other:1"})
-    conditions = [c["expression"] for c in policy["spec"]["matchConditions"]]
-    assert all(cel(expression, object=pod) for expression in conditions)
-    # The mutation filters the containers it touches with this very CEL predicate.
-    expression = policy["spec"]["mutations"][0]["applyConfiguration"]["expression"]
-    predicate = re.search(r"\.filter\(c, (.+?)\)\s*\.map", expression, re.S)
-    assert predicate is not None
-    touched = [c["name"] for c in pod["spec"]["containers"] if cel(predicate.group(1), c=c)]
-    assert "hook-sidecar-0" in touched
-    assert "hook-sidecar-1" not in touched  # another hook's sidecar gets nothing
-    assert "volumecontainerdisk" not in touched
-
-
-def test_every_plugin_example_names_the_same_plugin_socket_and_image() -> None:
-    texts = [p.read_text() for p in sorted(PLUGIN.rglob("*.yaml"))] + [
-        (EXAMPLES / "podresources" / "plugin-route-policy.yaml").read_text()
-    ]
-    for text in texts:
-        for image in re.findall(r"ghcr\.io/[\w./-]+:[\w.]+", text):
-            assert image == makefile_image()
-        for path in re.findall(r"/var/run/kubevirt-plugin/[\w./-]+", text):
-            assert path in (socket_path(), os.path.dirname(socket_path()) + "/")
