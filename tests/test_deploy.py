@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
 from typing import Any
 
 import jsonpatch
@@ -236,6 +237,19 @@ def test_dra_source_shares_the_claim(name: str) -> None:
     assert "claims" not in json.dumps(admit(objects, without_claim))
 
 
+def transform_example(env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """The real CLI on the bundled VMI and domain, with the environment a policy gave."""
+    return run_cli(
+        "transform",
+        "examples/domain.xml",
+        "--vmi",
+        "examples/vmi.json",
+        "--verify-sysfs",
+        "off",
+        env=env,
+    )
+
+
 @pytest.mark.parametrize("name", [o for o in OVERLAYS if "-static" in o])
 def test_static_source_reaches_the_hook(name: str) -> None:
     objects = rendered(name)
@@ -244,15 +258,7 @@ def test_static_source_reaches_the_hook(name: str) -> None:
         env = {e["name"]: e["value"] for e in hook["env"]}
         assert env == {"QAT_HOOK_DEVICES": DEVICE}
         # The real CLI, with that environment, injects exactly that VF.
-        result = run_cli(
-            "transform",
-            "examples/domain.xml",
-            "--vmi",
-            "examples/vmi.json",
-            "--verify-sysfs",
-            "off",
-            **env,
-        )
+        result = transform_example(env)
         assert result.returncode == 0, result.stderr
         assert b'bus="0x3d" slot="0x02" function="0x2"' in result.stdout
 
@@ -266,15 +272,7 @@ def test_static_without_devices_names_no_device() -> None:
     objects = render.kustomize(render.OVERLAYS / "plugin-static")
     hook = container(admit(objects, POD), "qat-hook")
     assert hook["env"] == [{"name": "QAT_HOOK_DEVICES", "value": ""}]
-    result = run_cli(
-        "transform",
-        "examples/domain.xml",
-        "--vmi",
-        "examples/vmi.json",
-        "--verify-sysfs",
-        "off",
-        QAT_HOOK_DEVICES="",
-    )
+    result = transform_example({"QAT_HOOK_DEVICES": ""})
     assert result.returncode != 0
     assert b"<hostdev" not in result.stdout
 
