@@ -90,15 +90,10 @@ def _explain(value: Any, what: str, max_depth: int) -> NoReturn:
     """The slow walk, run once a bound is crossed: finds the field and raises naming it."""
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
     while stack:
-        node, path = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.items()
-        elif isinstance(node, list):
-            children = enumerate(node)
-        elif isinstance(node, _Rejected):
+        node, path = stack.pop()  # a dict, a list or a _Rejected: nothing else is pushed
+        if isinstance(node, _Rejected):
             raise JsonLimitError(f"{what} field {field_path(path)} is {node.problem}")
-        else:
-            continue
+        children: Any = node.items() if isinstance(node, dict) else enumerate(node)
         if len(path) >= max_depth:
             raise JsonLimitError(
                 f"{what} field {field_path(path[:8])}... nests deeper than {max_depth} levels"

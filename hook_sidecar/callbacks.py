@@ -29,7 +29,7 @@ from hook_sidecar._generated import (
     v1alpha3_pb2,
     v1alpha3_pb2_grpc,
 )
-from hook_sidecar.errors import HookError, InvalidInput, PreconditionFailed, one_line
+from hook_sidecar.errors import HookError, one_line, status_code_name
 from hook_sidecar.hook import HookOutcome, HookSettings, on_define_domain
 
 ALL_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3")
@@ -59,11 +59,8 @@ def bound_hook(settings: HookSettings, env: Mapping[str, str]) -> Hook:
 
 
 def status_for(error: HookError) -> grpc.StatusCode:
-    if isinstance(error, InvalidInput):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, PreconditionFailed):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    return grpc.StatusCode.INTERNAL
+    """The status for a typed error; the mapping itself is ``errors.status_code_name``."""
+    return grpc.StatusCode[status_code_name(error)]
 
 
 class HookRunner:

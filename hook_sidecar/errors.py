@@ -2,9 +2,10 @@
 
 The grouping is the contract with both front ends: the CLI exits 1 for any
 of them, and the gRPC server maps ``InvalidInput`` to INVALID_ARGUMENT and
-``PreconditionFailed`` to FAILED_PRECONDITION, so virt-launcher puts the
-message into the VMI's events unchanged. Messages are therefore written for
-the person reading those events: what is wrong and what to change.
+``PreconditionFailed`` to FAILED_PRECONDITION (``status_code_name``), so
+virt-launcher puts the message into the VMI's events unchanged. Messages are
+therefore written for the person reading those events: what is wrong and what
+to change.
 
 A message often quotes what it was given (a VMI name, a device id from
 kubelet, a file name), and that text is not ours: it may hold newlines,
@@ -26,22 +27,16 @@ MAX_MESSAGE_BYTES = 2048
 # C0 and C1 controls, DEL, lone surrogates (unencodable in UTF-8) and the two
 # Unicode line separators that splitlines() and many log viewers honour.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _CUT_MARK = " ... [cut: {} more bytes]"
 
 
 def escape(text: str) -> str:
-    """``text`` on one line of encodable characters: each unsafe one becomes a visible escape."""
+    """``text`` on one line of encodable characters: each unsafe one becomes a visible escape.
 
-    def visible(match: re.Match[str]) -> str:
-        char = match.group()
-        named = _NAMED.get(char)
-        if named is not None:
-            return named
-        code = ord(char)
-        return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-
-    return _UNSAFE.sub(visible, text)
+    The escape is Python's own (``repr`` of the one character, quotes dropped): ``\\n``,
+    ``\\r``, ``\\t``, ``\\xNN`` up to 0xff and ``\\uNNNN`` above.
+    """
+    return _UNSAFE.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
@@ -73,3 +68,16 @@ class PreconditionFailed(HookError):
 
 class SetupFailed(HookError):
     """The server cannot start here (socket path, directory, permissions): fix the deployment."""
+
+
+def status_code_name(error: HookError) -> str:
+    """The gRPC status a front end answers ``error`` with, as its ``grpc.StatusCode`` name.
+
+    A name rather than the enum keeps this module free of grpc, so the mapping is
+    tested (and mutation-tested) without it; ``callbacks.status_for`` converts it.
+    """
+    if isinstance(error, InvalidInput):
+        return "INVALID_ARGUMENT"
+    if isinstance(error, PreconditionFailed):
+        return "FAILED_PRECONDITION"
+    return "INTERNAL"

@@ -89,7 +89,7 @@ def on_define_domain(
     decided = discovery.discover(vmi, env, settings.discovery, require_request=vmi_json is not None)
     result = None
     output = domain_xml
-    if decided.wanted and decided.devices:
+    if decided.devices:  # only a wanted Discovery has devices, and a wanted one always has
         # Imported here: lxml loads on the first VMI that needs it, never for the others.
         from hook_sidecar.transform import transform
 

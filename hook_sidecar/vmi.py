@@ -123,8 +123,8 @@ def _quantity(path: FieldPath, value: Any) -> int:
     """A device count, from a JSON number or a quantity string."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18:
         return value
-    if isinstance(value, str) and _QUANTITY_RE.fullmatch(value.strip(" ")):
-        return int(value.strip(" "))
+    if isinstance(value, str) and _QUANTITY_RE.fullmatch(text := value.strip(" ")):
+        return int(text)
     shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
     raise InvalidInput(
         f"VMI field {_path(path)} has quantity {shown}; "

@@ -554,3 +554,146 @@ def test_physical_functions_and_junk_ids_are_not_vfs(tmp_path: Path, device_id: 
     fake_device(tmp_path, A, device=device_id)
     (problem,) = sysfs.problems(PciAddress.parse(A), tmp_path)
     assert "not a known Intel QAT VF" in problem
+
+
+# --- exact outcomes (each of these fails on a mutant that a substring check let through) -----
+
+
+def test_disagreement_warning_in_full(tmp_path: Path) -> None:
+    cfg = config(tmp_path, devices=(PciAddress.parse(B),))
+    assert d.discover(ASKS_ONE, {"QAT0": A}, cfg).warnings == (
+        "environment (QAT0) lists 0000:3d:02.2 but override (--device) won with 0000:3d:02.3; "
+        "if the winner is a static pin it may not match the device plugin's allocation",
+    )
+
+
+def fixed(name: str, *devices: str, remote: bool = False, calls: list[str] | None = None) -> Any:
+    """A source that always answers ``devices`` (none: nothing found) and logs each call."""
+
+    def look(call: sources.SourceInput) -> sources.Lookup:
+        if calls is not None:
+            calls.append(name)
+        if devices == ("broken",):
+            raise InvalidInput(f"{name} is broken")
+        found = tuple(PciAddress.parse(a) for a in devices)
+        candidates = sources.Candidates(name, f"{name} detail", found) if found else None
+        return sources.Lookup(f"{name} place", candidates)
+
+    return sources.Source(name, look, remote)
+
+
+CALL = sources.SourceInput({}, {})
+
+
+def test_a_remote_source_is_asked_while_nothing_is_found() -> None:
+    calls: list[str] = []
+    chosen = (fixed("empty", calls=calls), fixed("kubelet", A, remote=True, calls=calls))
+    warnings: list[str] = []
+    winner, looked = d._first_found(chosen, CALL, warnings)
+    assert winner is not None and (winner.source, addresses_of(winner)) == ("kubelet", [A])
+    assert (calls, looked, warnings) == (["empty", "kubelet"], ["empty place", "kubelet place"], [])
+
+
+def test_after_a_winner_remote_sources_are_skipped_and_local_ones_still_read() -> None:
+    calls: list[str] = []
+    chosen = (
+        fixed("pin", A, calls=calls),
+        fixed("kubelet", B, remote=True, calls=calls),
+        fixed("bad", "broken", calls=calls),
+        fixed("env", B, calls=calls),
+    )
+    warnings: list[str] = []
+    winner, looked = d._first_found(chosen, CALL, warnings)
+    assert winner is not None and winner.source == "pin"
+    assert calls == ["pin", "bad", "env"]
+    assert looked == ["pin place", "env place"]
+    assert warnings == [
+        "ignored bad source: bad is broken",
+        "env (env detail) lists 0000:3d:02.3 but pin (pin detail) won with 0000:3d:02.2; "
+        "if the winner is a static pin it may not match the device plugin's allocation",
+    ]
+
+
+def addresses_of(candidates: sources.Candidates) -> list[str]:
+    return [str(a) for a in candidates.devices]
+
+
+def test_host_nodes_from_the_source_when_it_names_one_node(tmp_path: Path) -> None:
+    a, b, c = (PciAddress.parse(x) for x in (A, B, C))
+    folder = tmp_path / "bus" / "pci" / "devices" / B
+    folder.mkdir(parents=True)
+    (folder / "numa_node").write_text("3\n")
+    winner = sources.Candidates("podresources", "pod", (a, b, c), {a: (1,), b: (0, 1), c: ()})
+    assert d._host_nodes(winner, tmp_path) == {
+        a: d.HostNode(1, "podresources"),
+        b: d.HostNode(3, "sysfs"),  # two nodes is no answer: sysfs decides
+        c: d.HostNode(None, f"no {tmp_path}/bus/pci/devices/{C}/numa_node"),
+    }
+
+
+def test_no_vmi_reason_and_no_preflight(tmp_path: Path) -> None:
+    found = d.discover({}, {"QAT0": A}, config(tmp_path), require_request=False)
+    assert found.wanted is True
+    assert found.reason == "no VMI given: injecting what discovery finds"
+    assert found.warnings == ()  # an absent VMI has no memlock setting to warn about
+
+
+def test_not_wanted_outcome_in_full(tmp_path: Path) -> None:
+    found = d.discover(make_vmi(), {"QAT0": A}, config(tmp_path))
+    assert found == d.Discovery(
+        wanted=False, reason="the VMI requests no QAT resource and has no QAT annotation"
+    )
+    assert found.wanted is False
+
+
+def test_nothing_found_message_in_full(tmp_path: Path) -> None:
+    cfg = config(tmp_path, allow_vmi_devices=True)
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(ASKS_ONE, {}, cfg)
+    assert str(info.value) == (
+        "VMI ns1/vm1 asks for a QAT VF (resource qat.intel.com/generic: 1) but no device "
+        "address was found. Looked at: --device options and QAT_HOOK_DEVICES (not set); "
+        "device-plugin variables QAT<N>, PCI_RESOURCE_QAT_INTEL_COM_*, "
+        "PCIDEVICE_QAT_INTEL_COM_* (none set in this container); "
+        f"DRA metadata under {tmp_path / 'dra'} (no such directory); "
+        "VMI annotation qat.vm.kubevirt.io/devices (not set). "
+        'See the README section "How the VF\'s address reaches the sidecar".'
+    )
+
+
+def test_on_missing_skip_outcome_in_full(tmp_path: Path) -> None:
+    vmi = make_vmi({"qat.intel.com/generic": "2"})
+    found = d.discover(vmi, {}, config(tmp_path, on_missing="skip"))
+    assert found.wanted is False
+    assert (found.reason, found.expected, found.devices) == (
+        "resource qat.intel.com/generic: 2",
+        2,
+        (),
+    )
+    assert len(found.warnings) == 1
+    assert found.warnings[0].startswith("VMI ns1/vm1 asks for a QAT VF")
+    assert found.warnings[0].endswith(
+        'reaches the sidecar". Passing the domain through (--on-missing skip).'
+    )
+
+
+def test_count_mismatch_message_in_full(tmp_path: Path) -> None:
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(ASKS_ONE, {"QAT0": A, "QAT1": B}, config(tmp_path))
+    assert str(info.value) == (
+        "VMI ns1/vm1 asks for 1 QAT VF(s) (resource qat.intel.com/generic: 1) but 2 were "
+        "found in environment (QAT0, QAT1): 0000:3d:02.2, 0000:3d:02.3; make the VMI's "
+        "request and the sidecar's device source agree"
+    )
+
+
+def test_strict_sysfs_message_in_full(tmp_path: Path) -> None:
+    fake_device(tmp_path / "sys", A, driver="4xxxvf")
+    vmi = make_vmi({"qat.intel.com/generic": "2"})
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(vmi, {"QAT0": A, "QAT1": B}, config(tmp_path, verify_sysfs="strict"))
+    assert str(info.value) == (
+        "sysfs check failed (--verify-sysfs strict): 0000:3d:02.2 is bound to 4xxxvf, not "
+        "vfio-pci; the device plugin or the node setup must bind it to vfio-pci; "
+        f"0000:3d:02.3 does not exist under {tmp_path / 'sys' / 'bus' / 'pci' / 'devices'}"
+    )

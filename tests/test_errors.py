@@ -8,17 +8,22 @@ import subprocess
 import sys
 import textwrap
 
+import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hook_sidecar import logs
+from hook_sidecar import callbacks, logs
+from hook_sidecar.boundedjson import JsonLimitError
 from hook_sidecar.errors import (
     MAX_MESSAGE_BYTES,
     HookError,
+    InvalidInput,
     PreconditionFailed,
+    SetupFailed,
     escape,
     one_line,
+    status_code_name,
 )
 from tests.conftest import ROOT, clean_env
 
@@ -142,3 +147,57 @@ def test_json_mode_turns_everything_on_fd2_into_json() -> None:
     assert by_msg["a plain print to sys.stderr"]["stream"] == "stderr"
     assert "no newline at the end" in by_msg
     assert any(msg.startswith("WARNING: All log messages") for msg in by_msg)
+
+
+# --- the error-to-status mapping: pure, so it is mutation-tested without a server ------------
+
+
+@pytest.mark.parametrize(
+    ("error", "name"),
+    [
+        (InvalidInput("x"), "INVALID_ARGUMENT"),
+        (JsonLimitError("x"), "INVALID_ARGUMENT"),  # subclasses map as their group
+        (PreconditionFailed("x"), "FAILED_PRECONDITION"),
+        (SetupFailed("x"), "INTERNAL"),
+        (HookError("x"), "INTERNAL"),
+    ],
+)
+def test_status_code_name(error: HookError, name: str) -> None:
+    assert status_code_name(error) == name
+    assert callbacks.status_for(error) is grpc.StatusCode[name]
+
+
+UNSAFE = [
+    *range(0x00, 0x20),
+    *range(0x7F, 0xA0),
+    *range(0xD800, 0xE000),
+    0x2028,
+    0x2029,
+]
+
+
+def test_every_unsafe_character_has_its_escape() -> None:
+    named = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+    for code in UNSAFE:
+        expected = named.get(code) or (f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}")
+        assert escape(f"<{chr(code)}>") == f"<{expected}>"
+
+
+def test_neighbours_of_the_unsafe_ranges_are_kept() -> None:
+    kept = "".join(map(chr, (0x20, 0x7E, 0xA0, 0xFF, 0x100, 0xD7FF, 0xE000, 0x2027, 0x202A)))
+    assert escape(kept) == kept
+
+
+def test_one_line_keeps_a_message_of_exactly_the_limit() -> None:
+    assert one_line("a" * MAX_MESSAGE_BYTES) == "a" * MAX_MESSAGE_BYTES
+    assert one_line("abc", limit=3) == "abc"
+
+
+def test_one_line_cut_never_splits_a_character() -> None:
+    text = "a" + "é" * 5000  # 10,001 bytes; the cut at 2,020 bytes falls inside an é
+    kept = "a" + "é" * 1009
+    assert one_line(text) == kept + f" ... [cut: {10001 - 2019} more bytes]"
+
+
+def test_one_line_with_no_room_keeps_only_the_mark() -> None:
+    assert one_line("x" * 100, limit=10) == " ... [cut: 100 more bytes]"

@@ -220,3 +220,231 @@ def test_any_shape_is_a_decision_or_invalid_input(raw: bytes) -> None:
         vmis.display_name(vmi)
     except InvalidInput:
         pass
+
+
+# --- exact outcomes (each of these fails on a mutant that a substring check let through) -----
+
+
+@pytest.mark.parametrize("raw", [b"", b"  \n", "", None])
+def test_an_empty_payload_is_an_empty_vmi(raw: Any) -> None:
+    assert vmis.parse_vmi(raw) == {}
+
+
+def test_a_vmi_that_is_not_an_object_is_refused_in_full() -> None:
+    with pytest.raises(InvalidInput) as info:
+        vmis.parse_vmi(b"[1]")
+    assert str(info.value) == (
+        "VMI JSON is a list, expected an object "
+        "(the VirtualMachineInstance as virt-launcher sends it)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("vmi", "expected"),
+    [
+        ({"metadata": {"name": "vm", "namespace": "ns"}}, ("vm", "ns")),
+        ({"metadata": {"name": "vm"}}, ("vm", "")),
+        ({"metadata": {"namespace": "ns", "name": None}}, ("", "ns")),
+        ({}, ("", "")),
+    ],
+)
+def test_name_and_namespace(vmi: Any, expected: tuple[str, str]) -> None:
+    assert vmis.name_and_namespace(vmi) == expected
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"name": 5}, "VMI field metadata.name is a number, expected a string"),
+        (
+            {"name": "vm", "namespace": []},
+            "VMI field metadata.namespace is a list, expected a string",
+        ),
+        ([], "VMI field metadata is a list, expected an object"),
+    ],
+)
+def test_name_and_namespace_of_a_broken_vmi(metadata: Any, message: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        vmis.name_and_namespace({"metadata": metadata})
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("metadata", "shown"),
+    [
+        ({"name": "vm", "namespace": ""}, "-/vm"),
+        ({"name": "", "namespace": 7}, "-/-"),
+        ({"name": "vm", "namespace": "ns"}, "ns/vm"),
+    ],
+)
+def test_display_name_dashes_what_is_empty_or_unusable(metadata: Any, shown: str) -> None:
+    assert vmis.display_name({"metadata": metadata}) == shown
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("1.5", "'1.5'"),
+        ("\t1", "'\\t1'"),  # only spaces are trimmed
+        ("X1", "'X1'"),
+        (10**18, "1000000000000000000"),  # one past int64's 18 digits we accept
+        ("x" * 38, "'" + "x" * 38 + "'"),  # a repr of 40 characters is shown whole
+        ("x" * 39, "'" + "x" * 39 + "..."),  # 41 are cut to 40
+    ],
+)
+def test_bad_quantity_message_in_full(value: Any, shown: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        request(make_vmi(limits={"qat.intel.com/generic": value}))
+    assert str(info.value) == (
+        f"VMI field {LIMIT_FIELD} has quantity {shown}; "
+        "device resources take a whole number such as 1"
+    )
+
+
+@pytest.mark.parametrize("zero", [0, "0", " 0 "])
+def test_zero_is_a_quantity_that_asks_for_nothing(zero: Any) -> None:
+    assert request(make_vmi(limits={"qat.intel.com/generic": zero})) == vmis.Request(
+        False, None, "resource qat.intel.com/generic: 0 asks for no device"
+    )
+
+
+def test_the_largest_whole_number_is_accepted() -> None:
+    assert request(make_vmi(limits={"qat.intel.com/generic": 10**18 - 1})).expected == 10**18 - 1
+
+
+def test_reasons_in_full() -> None:
+    devices = make_vmi(annotations={vmis.DEVICES_ANNOTATION: "3d:02.2"})
+    assert request(devices) == vmis.Request(True, None, "annotation qat.vm.kubevirt.io/devices")
+    assert request(make_vmi()) == vmis.Request(
+        False, None, "the VMI requests no QAT resource and has no QAT annotation"
+    )
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        ([{"name": "pod-claim", "resourceClaimName": "object"}], ({"object"}, set())),
+        ([{"name": "pod-claim", "resourceClaimTemplateName": "t"}], (set(), {"pod-claim"})),
+        ([{"name": "pod-claim"}], (set(), set())),  # neither kind
+        ([{"resourceClaimTemplateName": "t"}], (set(), set())),  # no pod claim name to look under
+        ([], None),
+    ],
+)
+def test_claim_directories(claims: Any, expected: tuple[set[str], set[str]] | None) -> None:
+    found = vmis.claim_directories(make_vmi(resourceClaims=claims))
+    assert (None if found is None else (set(found[0]), set(found[1]))) == expected
+
+
+@pytest.mark.parametrize(
+    ("claim", "message"),
+    [
+        (
+            {"resourceClaimName": 1},
+            "VMI field spec.resourceClaims[0].resourceClaimName is a number, expected a string",
+        ),
+        (
+            {"name": "c", "resourceClaimTemplateName": {}},
+            "VMI field spec.resourceClaims[0].resourceClaimTemplateName is an object, "
+            "expected a string",
+        ),
+        ({"name": True}, "VMI field spec.resourceClaims[0].name is a boolean, expected a string"),
+    ],
+)
+def test_broken_claim_fields_in_full(claim: Any, message: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        vmis.claim_directories(make_vmi(resourceClaims=[claim]))
+    assert str(info.value) == message
+
+
+MEMLOCK = (
+    "VMI ns1/vm1 has no device KubeVirt knows as VFIO and does not set "
+    "spec.domain.memory.reservedOverhead.memLock: Required, so qemu's locked-memory "
+    "limit stays low and the guest fails DMA mapping at boot; add "
+    "spec.domain.memory.reservedOverhead.memLock: Required "
+    "(feature gate ReservedOverheadMemlock)"
+)
+EVICTION = (
+    "VMI ns1/vm1 has evictionStrategy {}, but a VM with a host PCI device cannot "
+    "live-migrate, so node drains will block on it; set spec.evictionStrategy: None or External"
+)
+
+
+def preflight(domain: dict[str, Any], **spec: Any) -> list[str]:
+    vmi = {"metadata": {"name": "vm1", "namespace": "ns1"}, "spec": {"domain": domain, **spec}}
+    return vmis.preflight_warnings(vmi)
+
+
+@pytest.mark.parametrize(
+    ("domain", "spec", "warnings"),
+    [
+        ({}, {}, [MEMLOCK]),
+        ({"memory": {"reservedOverhead": {"memLock": "Required"}}}, {}, []),
+        ({"memory": {"reservedOverhead": {"memLock": "NotRequired"}}}, {}, [MEMLOCK]),
+        ({"devices": {"hostDevices": [{"name": "h"}]}}, {}, []),
+        ({"devices": {"gpus": [{"name": "g"}]}}, {}, []),
+        ({"devices": {"hostDevices": [], "gpus": []}}, {}, [MEMLOCK]),
+        ({"devices": {"interfaces": [{"name": "n", "sriov": {}}]}}, {}, []),
+        ({"devices": {"interfaces": [{"name": "a", "bridge": {}}]}}, {}, [MEMLOCK]),
+        (
+            {"devices": {"interfaces": [{"name": "a", "bridge": {}}, {"name": "b", "sriov": {}}]}},
+            {},
+            [],
+        ),
+        ({}, {"evictionStrategy": "LiveMigrate"}, [MEMLOCK, EVICTION.format("LiveMigrate")]),
+        (
+            {"memory": {"reservedOverhead": {"memLock": "Required"}}},
+            {"evictionStrategy": "LiveMigrateIfPossible"},
+            [EVICTION.format("LiveMigrateIfPossible")],
+        ),
+        ({}, {"evictionStrategy": "None"}, [MEMLOCK]),
+        ({}, {"evictionStrategy": "External"}, [MEMLOCK]),
+    ],
+)
+def test_preflight_warnings_in_full(
+    domain: dict[str, Any], spec: dict[str, Any], warnings: list[str]
+) -> None:
+    assert preflight(domain, **spec) == warnings
+
+
+@pytest.mark.parametrize(
+    ("domain", "spec", "message"),
+    [
+        ([], {}, "VMI field spec.domain is a list, expected an object"),
+        ({"devices": 1}, {}, "VMI field spec.domain.devices is a number, expected an object"),
+        ({"memory": "x"}, {}, "VMI field spec.domain.memory is a string, expected an object"),
+        (
+            {"memory": {"reservedOverhead": []}},
+            {},
+            "VMI field spec.domain.memory.reservedOverhead is a list, expected an object",
+        ),
+        (
+            {"devices": {"hostDevices": {}}},
+            {},
+            "VMI field spec.domain.devices.hostDevices is an object, expected a list",
+        ),
+        (
+            {"devices": {"gpus": "g"}},
+            {},
+            "VMI field spec.domain.devices.gpus is a string, expected a list",
+        ),
+        (
+            {"devices": {"interfaces": {}}},
+            {},
+            "VMI field spec.domain.devices.interfaces is an object, expected a list",
+        ),
+        (
+            {"devices": {"interfaces": [{}, "x"]}},
+            {},
+            "VMI field spec.domain.devices.interfaces[1] is a string, expected an object",
+        ),
+        (
+            {"memory": {"reservedOverhead": {"memLock": "Required"}}},
+            {"evictionStrategy": 1},
+            "VMI field spec.evictionStrategy is a number, expected a string",
+        ),
+    ],
+)
+def test_broken_preflight_fields_in_full(domain: Any, spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        preflight(domain, **spec)
+    assert str(info.value) == message
