@@ -11,7 +11,11 @@ domain and VMI) and measures:
   pages shared between the copies), ready_cpu_ms and ready_wall_ms (CPU of all
   threads, 10 ms resolution, and wall time from exec until the socket answers
   Info), first_call_ms (the first OnDefineDomain, a new channel as virt-launcher
-  opens);
+  opens, sent 300 ms after Info answered: virt-launcher scans for sockets every
+  300 ms, calls Info, and defines the domain later still) and settled_cpu_ms (CPU
+  just before that call: start-up with whatever ran in the background since);
+  first_call_now_ms from N more instances, each called the moment Info answered
+  (the worst case: a background warm-up may still be running);
 - on one instance: p50_ms ... max_ms over ``--calls`` sequential OnDefineDomain
   calls, peak_rss_mib (VmHWM) and rss_anon_mib after them,
   concurrent_calls_per_s over 16 client threads;
@@ -20,9 +24,15 @@ domain and VMI) and measures:
 - transform_us, parse_serialize_us: the transform alone and the lxml floor (host only).
 
 ``--levers`` also starts N instances for each start-up lever, off and on, in the same
-run, and prints them side by side. ``--rootfs DIR --entrypoint JSON --image-env K=V``
-run the server chrooted (uid 107) in a built image's root file system, with the
-image's entrypoint and environment: how ``make image-test`` measures the image.
+run, and prints them side by side: this round's (``--levers startup``, the default:
+the full CLI parser against the serve parser alone, the warm-up off and on, and a VMI
+that asks for nothing with the warm-up off and on), or the first round's
+(``--levers imports``: eager imports, deferred imports, ``-OO``). ``--baseline DIR``
+adds a first row served by the ``hook_sidecar`` package in DIR (for instance
+``git archive HEAD hook_sidecar | tar -x -C DIR``): before and after in one run.
+``--rootfs DIR --entrypoint JSON --image-env K=V`` run the server chrooted (uid 107)
+in a built image's root file system, with the image's entrypoint and environment: how
+``make image-test`` measures the image.
 
 ``--leak`` adds the RSS after 1,000 and after 10,000 further calls over 32 clients.
 
@@ -67,6 +77,8 @@ KEYS = (
     "ready_cpu_ms",
     "ready_wall_ms",
     "first_call_ms",
+    "first_call_now_ms",
+    "settled_cpu_ms",
     "p50_ms",
     "p90_ms",
     "p99_ms",
@@ -84,6 +96,7 @@ TARGETS = {
     "peak_rss_mib": 38,
     "ready_cpu_ms": 60,
     "first_call_ms": 4,
+    "first_call_now_ms": 4,
     "p50_ms": 1.0,
     "peak_rss_large_mib": 48,
 }
@@ -93,12 +106,24 @@ LEVER_KEYS = (
     "peak_rss_mib",
     "ready_cpu_ms",
     "ready_wall_ms",
+    "settled_cpu_ms",
     "first_call_ms",
+    "first_call_now_ms",
 )
 LOCAL_KEYS = ("calls_peak_rss_mib",)  # folded into peak_rss_mib
 CLIENTS = 16
 TICKS = os.sysconf("SC_CLK_TCK")
 LARGE_VMI_BYTES = 1536 * 1024
+FIRST_CALL_DELAY = 0.3  # virt-launcher's socket scan interval
+# `qat-hook serve` as it started before this round's levers: the whole CLI parser built.
+FULL_PARSER_MAIN = (
+    "import sys\n"
+    "from hook_sidecar import startup\n"
+    "startup.install()\n"
+    "from hook_sidecar import cli\n"
+    "args = cli.build_parser().parse_args(sys.argv[1:])\n"
+    "sys.exit(cli._guarded(cli.PROG, lambda: cli.run_serve(args)))\n"
+)
 SERVER_ENV = {
     "QAT0": "0000:3d:02.2",
     "QAT_HOOK_VERIFY_SYSFS": "off",
@@ -115,6 +140,7 @@ class Launch:
     env: Mapping[str, str]
     rootfs: Path | None = None  # run chrooted here: socket directories are made inside it
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    asks_nothing: bool = False  # call with a VMI that asks for no VF
 
     def command(self, socket_dir: str) -> list[str]:
         env = {**SERVER_ENV, **self.env, **self.extra_env}
@@ -146,6 +172,11 @@ class Launch:
 
     def with_env(self, name: str, **env: str) -> Launch:
         return replace(self, name=name, extra_env={**self.extra_env, **env})
+
+    def full_parser(self, name: str) -> Launch:
+        """The same server started through the whole CLI parser, as before this round."""
+        python = sys.executable if self.rootfs is None else "python3"
+        return replace(self, name=name, argv=(python, "-c", FULL_PARSER_MAIN, "serve"))
 
 
 def local_launch() -> Launch:
@@ -219,13 +250,13 @@ def answers_info(target: str) -> bool:
         return False
 
 
-def one_call(target: str, request: v1alpha3_pb2.OnDefineDomainParams) -> float:
+def one_call(target: str, request: v1alpha3_pb2.OnDefineDomainParams, inject: bool = True) -> float:
     started = time.perf_counter()
     with grpc.insecure_channel(target) as channel:
         result = v1alpha3_pb2_grpc.CallbacksStub(channel).OnDefineDomain(request, timeout=30)
     elapsed = (time.perf_counter() - started) * 1000
-    if b"ua-qat-0" not in result.domainXML:
-        raise SystemExit("bench: the hook did not inject the device")
+    if (b"ua-qat-0" in result.domainXML) != inject:
+        raise SystemExit(f"bench: the hook {'did not inject' if inject else 'injected'} a VF")
     return elapsed
 
 
@@ -252,10 +283,16 @@ def start(launch: Launch, client_dir: Path, server_dir: str) -> Instance:
     return Instance(process, target, cpu_ms(process.pid), (time.perf_counter() - started) * 1000)
 
 
-def example_request() -> v1alpha3_pb2.OnDefineDomainParams:
+def example_request(asks_nothing: bool = False) -> v1alpha3_pb2.OnDefineDomainParams:
+    """The bundled domain and VMI (one VF); with ``asks_nothing``, the VMI without it."""
+    vmi = (ROOT / "examples" / "vmi.json").read_bytes()
+    if asks_nothing:
+        parsed = json.loads(vmi)
+        for section in parsed["spec"]["domain"]["resources"].values():
+            section.pop("qat.intel.com/generic", None)
+        vmi = json.dumps(parsed).encode()
     return v1alpha3_pb2.OnDefineDomainParams(
-        domainXML=(ROOT / "examples" / "domain.xml").read_bytes(),
-        vmi=(ROOT / "examples" / "vmi.json").read_bytes(),
+        domainXML=(ROOT / "examples" / "domain.xml").read_bytes(), vmi=vmi
     )
 
 
@@ -283,18 +320,34 @@ def large_request(size: int = LARGE_VMI_BYTES) -> v1alpha3_pb2.OnDefineDomainPar
 
 
 def instances(launch: Launch, count: int) -> dict[str, float]:
-    """Start ``count`` servers one by one, call each once, measure them all alive."""
-    request = example_request()
+    """Start ``count`` servers one by one, call each once, measure them all alive.
+
+    Each is called ``FIRST_CALL_DELAY`` after its Info answered, as virt-launcher's scan
+    allows at the soonest; ``count`` more, started and stopped one at a time, are called
+    the moment their Info answered (first_call_now_ms).
+    """
+    request, inject = example_request(launch.asks_nothing), not launch.asks_nothing
     with socket_dirs(launch) as (client, server):  # one throw-away start warms the caches
         start(launch, client, server).stop()
+    first_now = []
+    for _ in range(count):
+        with socket_dirs(launch) as (client, server):
+            instance = start(launch, client, server)
+            try:
+                first_now.append(one_call(instance.target, request, inject))
+            finally:
+                instance.stop()
     with ExitStack() as stack:
         running: list[Instance] = []
+        first_calls, settled = [], []
         for _ in range(count):
             client, server = stack.enter_context(socket_dirs(launch))
             instance = start(launch, client, server)
             stack.callback(instance.stop)
             running.append(instance)
-        first_calls = [one_call(instance.target, request) for instance in running]
+            time.sleep(FIRST_CALL_DELAY)
+            settled.append(cpu_ms(instance.process.pid))
+            first_calls.append(one_call(instance.target, request, inject))
         memory = [smaps_mib(instance.process.pid) for instance in running]
         peaks = [status_mib(instance.process.pid, "VmHWM") for instance in running]
     return {
@@ -303,7 +356,9 @@ def instances(launch: Launch, count: int) -> dict[str, float]:
         "peak_rss_mib": round(statistics.median(peaks), 1),
         "ready_cpu_ms": round(statistics.median(i.ready_cpu_ms for i in running), 1),
         "ready_wall_ms": round(statistics.median(i.ready_wall_ms for i in running), 1),
+        "settled_cpu_ms": round(statistics.median(settled), 1),
         "first_call_ms": round(statistics.median(first_calls), 2),
+        "first_call_now_ms": round(statistics.median(first_now), 2),
     }
 
 
@@ -375,8 +430,48 @@ def calls(launch: Launch, count: int, leak: bool = False) -> dict[str, float]:
     return numbers
 
 
-def levers(launch: Launch, count: int) -> list[tuple[str, dict[str, float]]]:
+@contextmanager
+def baseline_launch(launch: Launch, source: Path) -> Iterator[Launch]:
+    """``launch`` serving the ``hook_sidecar`` package in ``source`` (compiled as the image is)."""
+    package = source / "hook_sidecar"
+    if not (package / "__init__.py").is_file():
+        raise SystemExit(f"bench: {source} holds no hook_sidecar package")
+    compile_args = ["-m", "compileall", "-q", "-o", "0", "-o", "2"]
+    compile_args += ["--invalidation-mode", "unchecked-hash"]
+    if launch.rootfs is None:
+        subprocess.run([sys.executable, *compile_args, str(package)], check=True)
+        yield launch.with_env(f"baseline: {source.name}", PYTHONPATH=str(source))
+        return
+    inside = Path(tempfile.mkdtemp(prefix="qat-baseline-", dir=launch.rootfs / "tmp"))
+    try:
+        shutil.copytree(package, inside / "hook_sidecar")
+        where = f"/tmp/{inside.name}"
+        subprocess.run(["chroot", str(launch.rootfs), "python3", *compile_args, where], check=True)
+        inside.chmod(0o755)
+        yield launch.with_env(f"baseline: {source.name}", PYTHONPATH=where)
+    finally:
+        shutil.rmtree(inside, ignore_errors=True)
+
+
+def levers(
+    launch: Launch, count: int, which: str, baseline: Path | None = None
+) -> list[tuple[str, dict[str, float]]]:
     """Each start-up lever against its baseline, all in this one run."""
+    table = []
+    if baseline is not None:
+        with baseline_launch(launch, baseline) as before:
+            table.append((before.name, instances(before, count)))
+    if which == "startup":
+        off = launch.with_env("", QAT_HOOK_WARM_UP="off")
+        nothing = replace(launch, asks_nothing=True)
+        variants = [
+            off.full_parser("before: full parser, no warm-up"),
+            off.with_env("+ serve parser only"),
+            launch.with_env("+ warm-up (as shipped)"),
+            nothing.with_env("asks for nothing, no warm-up", QAT_HOOK_WARM_UP="off"),
+            nothing.with_env("asks for nothing, warm-up"),
+        ]
+        return table + [(variant.name, instances(variant, count)) for variant in variants]
     variants = [
         launch.with_env("baseline: eager imports, no -OO", QAT_HOOK_EAGER_IMPORTS="1"),
         launch.with_env("+ deferred imports", QAT_HOOK_EAGER_IMPORTS="0"),
@@ -385,7 +480,7 @@ def levers(launch: Launch, count: int) -> list[tuple[str, dict[str, float]]]:
     if launch.rootfs is not None:  # the image runs -OO already: turn it off for the baseline
         variants[0] = variants[0].with_env(variants[0].name, PYTHONOPTIMIZE="0")
         variants[1] = variants[1].with_env(variants[1].name, PYTHONOPTIMIZE="0")
-    return [(variant.name, instances(variant, count)) for variant in variants]
+    return table + [(variant.name, instances(variant, count)) for variant in variants]
 
 
 def run(
@@ -415,7 +510,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Benchmark qat-hook serve, per VM.")
     parser.add_argument("--instances", type=int, default=7, help="sidecars at once (default 7)")
     parser.add_argument("--calls", type=int, default=1000, help="sequential calls (default 1000)")
-    parser.add_argument("--levers", action="store_true", help="each lever off and on, same run")
+    parser.add_argument(
+        "--levers",
+        nargs="?",
+        const="startup",
+        choices=("startup", "imports"),
+        help="each lever off and on, same run: this round's (startup) or the first's (imports)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="with --levers, a first row served by DIR/hook_sidecar (an older version)",
+    )
     parser.add_argument(
         "--leak", action="store_true", help="also report RSS after 1k and 10k concurrent calls"
     )
@@ -452,11 +558,12 @@ def main() -> int:
         print(f"{'rss_after_1k_mib':24} {before:>10}")
         print(f"{'rss_after_10k_mib':24} {after:>10}  (growth {after - before:.2f} MiB)")
     if args.levers:
-        table = levers(launch, args.instances)
+        baseline = Path(args.baseline).resolve() if args.baseline else None
+        table = levers(launch, args.instances, args.levers, baseline)
         print(f"\nlevers, {args.instances} instances each, same run (medians per instance):")
-        print(f"{'':34}" + "".join(f"{key:>15}" for key in LEVER_KEYS))
+        print(f"{'':34}" + "".join(f"{key:>18}" for key in LEVER_KEYS))
         for name, numbers in table:
-            print(f"{name:34}" + "".join(f"{numbers[key]:>15}" for key in LEVER_KEYS))
+            print(f"{name:34}" + "".join(f"{numbers[key]:>18}" for key in LEVER_KEYS))
     if args.json:
         print(json.dumps({key: result.get(key) for key in KEYS}))
     return 0

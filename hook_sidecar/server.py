@@ -27,12 +27,11 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
@@ -68,14 +67,17 @@ MAX_SOCKET_DIRECTORY = MAX_SOCKET_PATH - len(f"/{STAGING_PREFIX}XXXXXXXX/s")
 PROBE_SECONDS = 1.0
 NR_OPEN_DEFAULT = 1024 * 1024  # the kernel's default fs.nr_open
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# What the first OnDefineDomain of a VMI that wants a VF imports (lxml with them).
+WARM_UP_MODULES = ("hook_sidecar.transform", "hook_sidecar.numa")
 
 
 class SocketInUse(SetupFailed):
     """Something answers on the socket path, or it cannot be told that nothing does."""
 
 
-@dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(NamedTuple):
+    """Where and how to serve (a NamedTuple: a frozen dataclass costs 1-2 ms of every start)."""
+
     hook_socket: Path | None
     plugin_socket: Path | None
     name: str = "qat"
@@ -84,16 +86,21 @@ class ServeConfig:
     grace: float = STOP_GRACE_SECONDS
     idle_seconds: float = IDLE_SECONDS
     handshake_seconds: float = HANDSHAKE_SECONDS
+    warm_up: bool = True
+    """Load WARM_UP_MODULES in the background once the sockets are ready (see warm_up)."""
 
 
-@dataclass
 class _Listener:
-    path: Path
-    server: grpc.Server
-    handle: int
-    """An O_PATH descriptor of our socket file: it keeps the inode alive, so its number
-    cannot be reused by a newer server's socket at the same path, and the check
-    "is this file still ours" cannot be fooled."""
+    """One bound socket. ``handle`` is an O_PATH descriptor of our socket file: it keeps
+    the inode alive, so its number cannot be reused by a newer server's socket at the
+    same path, and the check "is this file still ours" cannot be fooled."""
+
+    __slots__ = ("handle", "path", "server")
+
+    def __init__(self, path: Path, server: grpc.Server, handle: int) -> None:
+        self.path = path
+        self.server = server
+        self.handle = handle
 
     def owns_path(self) -> bool:
         try:
@@ -398,6 +405,44 @@ class HookServer:
         return self._runner.running == 0
 
 
+def warm_up(modules: Sequence[str] = WARM_UP_MODULES) -> threading.Thread:
+    """Import ``modules`` in a daemon thread: what the first OnDefineDomain would import.
+
+    Started once the sockets are ready, so neither the socket nor Info waits for it, and
+    virt-launcher's first OnDefineDomain (after its 300 ms scan, Info, and building the
+    domain) finds lxml and the transform loaded. The sidecar runs only beside VMs that
+    want a VF, so they load on a first call anyway: this moves their cost, not adds it.
+    A failed import is only logged; the call that needs the module imports it again and
+    reports whatever fails then. Python's import locks make a call that needs a module
+    being warmed up wait for it rather than import it twice.
+    """
+
+    def load() -> None:
+        started = time.perf_counter()
+        for name in modules:
+            try:
+                # __import__, not importlib.import_module: -X importtime logs only the former.
+                __import__(name)
+            except Exception as err:  # noqa: BLE001 - a warm-up never takes serving down
+                logs.get().warning(
+                    "warm-up: cannot import %s (%s: %s); the first call that needs it "
+                    "will try again",
+                    name,
+                    type(err).__name__,
+                    err,
+                )
+                return
+        logs.get().debug(
+            "warm-up: loaded %s",
+            ", ".join(modules),
+            extra={"duration_ms": round((time.perf_counter() - started) * 1000, 3)},
+        )
+
+    thread = threading.Thread(target=load, name="qat-hook-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def _exit_now(status: int) -> None:
     """End the process although a worker thread is stuck: Python would wait for it at exit."""
     logs.close()
@@ -435,6 +480,8 @@ def run(
     status = 0
     try:
         server.start()
+        if config.warm_up:
+            warm_up()
         # Waking twice a second lets the main thread notice a socket that vanished:
         # nobody can reach us any more, so say so and exit.
         while not server.stop_requested.wait(0.5):

@@ -17,8 +17,10 @@
 # 5. print the per-VM figures of benchmarks/bench_sidecar.py for ten instances of the
 #    image's entrypoint, chrooted into the image's root as uid 107;
 # 6. remove every container and image it made.
-# BENCH=0 skips step 5; BENCH_ARGS adds arguments to it (e.g. --levers). KEEP=1 keeps the
-# image (localhost/kubevirt-qat-hook:image-test) for a closer look.
+# BENCH=0 skips step 5; BENCH_ARGS adds arguments to it (e.g. --levers). BASELINE=REV (a git
+# revision) adds --levers and a first lever row served by that revision's hook_sidecar
+# package in the same image: before and after in one run. KEEP=1 keeps the image
+# (localhost/kubevirt-qat-hook:image-test) for a closer look.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -143,6 +145,11 @@ written=$(find "$mnt" \( -path "$mnt/proc" -o -path "$mnt/sys" -o -path "$mnt/de
 if [ "${BENCH:-1}" = 1 ]; then
   env_args=()
   for item in "${image_env[@]}"; do env_args+=(--image-env "$item"); done
+  if [ -n "${BASELINE:-}" ]; then
+    mkdir -p "$work/base/$BASELINE"
+    git archive "$BASELINE" hook_sidecar | tar -x -C "$work/base/$BASELINE"
+    env_args+=(--levers --baseline "$work/base/$BASELINE")
+  fi
   # shellcheck disable=SC2086
   "$PY" benchmarks/bench_sidecar.py --rootfs "$mnt" --entrypoint "$entrypoint" \
     "${env_args[@]}" --instances 10 --calls 300 ${BENCH_ARGS:-} \

@@ -7,10 +7,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hook_sidecar import validate
+from hook_sidecar import cli, validate
 from tests.ci import skip_or_fail
 from tests.conftest import EXAMPLES, ROOT, clean_env, run_cli
 
@@ -421,3 +422,85 @@ def test_discover_with_a_numa_domain_shows_each_guest_cell(tmp_path: Path) -> No
     ]
     text = run_cli(*args, QAT0=A_VF, QAT1=b_vf).stdout.decode()
     assert f"device:   {A_VF}  host NUMA node 1 (sysfs), guest NUMA cell 1" in text
+
+
+# --- building only the parser of the command being run -----------------------------------
+
+PARSE_CASES = [
+    ["serve"],
+    ["serve", "--socket-dir", "/tmp/x", "--version", "v1alpha3", "--device", "3d:02.2"],
+    ["serve", "--plugin-socket", "/run/p.sock", "--warm-up", "off", "--log-format", "text"],
+    ["transform", DOMAIN, "--device", "0000:3d:02.2", "--diff"],
+    ["transform", "--vmi", VMI, "-o", "out.xml", "--numa-placement", "off"],
+    ["discover", "--vmi", VMI, "--format", "json", "--domain", DOMAIN],
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["serve"], "serve"),
+        (["serve", "--device", "transform"], "serve"),
+        (["--version", "discover"], "discover"),
+        (["-h"], None),
+        (["bogus", "serve"], None),
+        (["--", "serve"], None),
+        ([], None),
+    ],
+)
+def test_command_of_names_the_command_only_when_it_is_certain(
+    argv: list[str], command: str | None
+) -> None:
+    assert cli.command_of(argv) == command
+
+
+@pytest.mark.parametrize("argv", PARSE_CASES)
+def test_the_one_command_parser_parses_as_the_full_one(argv: list[str]) -> None:
+    env = {"QAT_HOOK_VERIFY_SYSFS": "off", "QAT0": "0000:3d:02.2"}
+    full = cli.build_parser(env).parse_args(argv)
+    assert cli.build_parser(env, only=cli.command_of(argv)).parse_args(argv) == full
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"], ["transform", "--help"]])
+def test_the_one_command_parser_helps_as_the_full_one(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    texts = []
+    for parser in (cli.build_parser({}), cli.build_parser({}, only=cli.command_of(argv))):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1]
+    assert "transform" in texts[0]
+
+
+def test_main_builds_only_the_parser_of_the_command_it_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str | None] = []
+    real = cli.build_parser
+
+    def recording(environ: Any = None, only: str | None = None) -> Any:
+        built.append(only)
+        parser = real(environ, only)
+        # The other commands are listed but have no options of their own.
+        commands = next(a for a in parser._actions if a.dest == "command")
+        for name, sub in commands.choices.items():  # type: ignore[union-attr]
+            has_options = any(action.dest == "verify_sysfs" for action in sub._actions)
+            assert has_options == (name == only)
+        return parser
+
+    served: list[str] = []
+
+    def serve(args: Any) -> int:
+        served.append(args.socket_dir)
+        return 0
+
+    monkeypatch.setattr(cli, "build_parser", recording)
+    monkeypatch.setattr(cli, "run_serve", serve)
+    assert cli.main(["serve", "--socket-dir", "/tmp/h"]) == 0
+    monkeypatch.setattr(sys, "argv", ["qat-hook", "serve", "--socket-dir", "/tmp/i"])
+    assert cli.main() == 0
+    assert built == ["serve", "serve"]
+    assert served == ["/tmp/h", "/tmp/i"]

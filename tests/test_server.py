@@ -17,6 +17,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,8 @@ from typing import Any
 import grpc
 import pytest
 
-from hook_sidecar import callbacks
+from hook_sidecar import callbacks, cli
+from hook_sidecar import server as server_module
 from hook_sidecar._generated import (
     info_pb2,
     info_pb2_grpc,
@@ -666,3 +668,83 @@ def test_text_log_format(tmp_path: Path, domain_xml: bytes, vmi: dict[str, Any])
     call = next(line for line in lines if "OnDefineDomain: injected" in line)
     assert f"vmi=default/evil\\n{forged}" in call
     assert not any(line.startswith(forged) for line in lines)
+
+
+def test_the_warm_up_imports_its_modules_in_a_daemon_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hook_log: list[logging.LogRecord]
+) -> None:
+    name = f"warm_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        thread = server_module.warm_up((name,))
+        assert thread.daemon
+        thread.join(30)
+        assert not thread.is_alive()
+        assert name in sys.modules
+        assert any(r.getMessage() == f"warm-up: loaded {name}" for r in hook_log)
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_a_failed_warm_up_is_a_warning_and_serving_goes_on(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hook_log: list[logging.LogRecord],
+    domain_xml: bytes,
+    vmi_json: bytes,
+) -> None:
+    broken = f"warm_broken_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{broken}.py").write_text("raise RuntimeError('cannot load')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with running_server(tmp_path):
+        thread = server_module.warm_up((broken, "hook_sidecar.transform"))
+        thread.join(30)
+        assert not thread.is_alive()
+        warnings = [r.getMessage() for r in hook_log if r.levelno == logging.WARNING]
+        assert warnings == [
+            f"warm-up: cannot import {broken} (RuntimeError: cannot load); "
+            "the first call that needs it will try again"
+        ]
+        assert b"ua-qat-0" in define(tmp_path / "h.sock", domain_xml, vmi_json)
+    sys.modules.pop(broken, None)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        ((), {}, True),
+        ((), {"QAT_HOOK_WARM_UP": "off"}, False),
+        (("--warm-up", "off"), {}, False),
+        (("--warm-up", "on"), {"QAT_HOOK_WARM_UP": "off"}, True),
+    ],
+)
+def test_the_warm_up_is_on_unless_turned_off(
+    args: tuple[str, ...], env: dict[str, str], expected: bool
+) -> None:
+    parsed = cli.build_parser(env, only="serve").parse_args(["serve", *args])
+    assert cli.serve_config(parsed).warm_up is expected
+
+
+def test_run_starts_the_warm_up_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[bool] = []
+    monkeypatch.setattr(server_module, "warm_up", lambda: started.append(True))
+    real_start = server_module.HookServer.start
+
+    def start_then_lose_the_socket(self: server_module.HookServer) -> None:
+        real_start(self)
+        assert self.config.hook_socket is not None
+        self.config.hook_socket.unlink()  # run() notices, stops and returns 1
+
+    monkeypatch.setattr(server_module.HookServer, "start", start_then_lose_the_socket)
+    for warm in (False, True):
+        config = server_module.ServeConfig(
+            hook_socket=tmp_path / f"{warm}.sock", plugin_socket=None, warm_up=warm
+        )
+        status = server_module.run(
+            config, SETTINGS, {}, install_signals=False, exit_when_stuck=False
+        )
+        assert status == 1
+        assert started == ([True] if warm else [])

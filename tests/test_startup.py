@@ -42,6 +42,12 @@ NEVER_LOADED = (
     "grpc.aio._channel",
     "google.protobuf.text_format",  # protobuf's pure-Python implementation
 )
+# Deferred modules without submodules: the import log shows the stand-in's import once,
+# and the real module's as a second line.
+NEVER_LOADED_TWICE = (
+    "ipaddress",  # urllib.parse's, for bracketed IPv6 hosts only
+    "calendar",  # protobuf's well_known_types', for Timestamps only
+)
 
 
 RUN_LOGS: dict[str, Path] = {}
@@ -211,6 +217,7 @@ def test_serving_loads_neither_asyncio_ssl_nor_grpc_aio(
     assert "grpc._cython.cygrpc" in names  # the import log is really being read
     assert "lxml.etree" in names  # this VMI asks for a VF: the transform ran
     assert [name for name in NEVER_LOADED if name in names] == []
+    assert [name for name in NEVER_LOADED_TWICE if names.count(name) > 1] == []
 
 
 def test_the_check_sees_them_when_the_deferral_is_off(
@@ -218,14 +225,23 @@ def test_the_check_sees_them_when_the_deferral_is_off(
 ) -> None:
     names, _ = serve_and_call(tmp_path, vmi_json, domain_xml, **{startup.EAGER_ENV: "1"})
     assert {"asyncio.base_events", "ssl", "grpc.aio._server"} <= set(names)
+    assert [names.count(name) for name in NEVER_LOADED_TWICE] == [1, 1]
 
 
-def test_a_vmi_that_asks_for_nothing_never_loads_lxml(
+def test_a_vmi_that_asks_for_nothing_never_loads_lxml_without_the_warm_up(
     tmp_path: Path, domain_xml: bytes, vmi: dict[str, Any]
 ) -> None:
+    """With ``--warm-up off``, lxml loads only for a VMI that wants a VF.
+
+    The warm-up is on by default (see the next test): the sidecar is attached only to
+    VMs that want a VF, so nearly every copy loads lxml on its first call anyway, and
+    loading it after the ready line, in the background, takes it off that call.
+    """
     for section in ("limits", "requests"):
         vmi["spec"]["domain"]["resources"][section].pop("qat.intel.com/generic")
-    names, _ = serve_and_call(tmp_path, json.dumps(vmi).encode(), domain_xml)
+    names, _ = serve_and_call(
+        tmp_path, json.dumps(vmi).encode(), domain_xml, QAT_HOOK_WARM_UP="off"
+    )
     assert "hook_sidecar.hook" in names
     assert not [name for name in names if name.startswith("lxml")]
     assert [name for name in NEVER_LOADED if name in names] == []
@@ -242,3 +258,39 @@ def test_the_image_s_optimisation_level_serves_the_same_answer(
     assert b"ua-qat-0" in plain
     assert optimised == plain
     assert "lxml.etree" in names
+
+
+def test_the_warm_up_loads_the_transform_after_ready_and_before_the_first_call(
+    tmp_path: Path, domain_xml: bytes, vmi_json: bytes
+) -> None:
+    """lxml and the transform load after the ready line, and the first call imports nothing.
+
+    So neither the socket nor Info waits for them, and virt-launcher's first
+    OnDefineDomain (which comes after its 300 ms socket scan and Info) finds them loaded.
+    """
+    # The text log format writes to fd 2 directly, in the order of events, as the import
+    # log does (the JSON format re-emits fd 2 through a thread, in its own time).
+    server = start_server(
+        tmp_path,
+        QAT0="0000:3d:02.2",
+        PYTHONPROFILEIMPORTTIME="1",
+        QAT_HOOK_LOG_LEVEL="debug",
+        QAT_HOOK_LOG_FORMAT="text",
+    )
+    try:
+        server.wait_for_log("warm-up: loaded hook_sidecar.transform, hook_sidecar.numa")
+        before_call = stderr_lines("\n".join(server.log_lines()))
+        ready = next(i for i, line in enumerate(before_call) if "ready: serving on" in line)
+        warmed = imported("\n".join(before_call[ready:]))
+        assert {"lxml.etree", "hook_sidecar.transform", "hook_sidecar.numa"} <= set(warmed)
+        assert "lxml.etree" not in imported("\n".join(before_call[:ready]))
+        with server.channel() as channel:
+            reply = v1alpha3_pb2_grpc.CallbacksStub(channel).OnDefineDomain(
+                v1alpha3_pb2.OnDefineDomainParams(domainXML=domain_xml, vmi=vmi_json), timeout=10
+            )
+        assert b"ua-qat-0" in reply.domainXML
+        server.wait_for_log("OnDefineDomain: injected 1 device(s)")
+        after = stderr_lines("\n".join(server.log_lines()))[len(before_call) :]
+        assert imported("\n".join(after)) == []
+    finally:
+        server.stop()
