@@ -63,21 +63,20 @@ fuzz: $(VENV)/.test
 	$(PY) tests/fuzz/fuzz_hook.py -runs=100000
 
 # Mutation testing of the pure core (config: [mutmut] in setup.cfg); not part of `make test`.
-# Prints the score per module and every surviving mutant (`mutmut show NAME` for its diff);
-# the reasons for the survivors kept are in tests/mutation-survivors.md.
+# Prints the score per module and every mutant not killed, with its status (`mutmut show
+# NAME` for its diff); the reasons for the survivors kept are in tests/mutation-survivors.md.
 mutation: $(VENV)/.test
 	$(VENV)/bin/mutmut run --max-children 2 > $(VENV)/mutmut-run.log 2>&1 || \
 		{ tail -c 2000 $(VENV)/mutmut-run.log; exit 1; }
-	@$(VENV)/bin/mutmut results --all true | awk -F': ' \
-		'{ split($$1, name, "."); module = name[2]; total[module]++; \
-		   if ($$2 == "killed" || $$2 == "timeout") killed[module]++; \
-		   else if ($$2 == "survived") survived[module] = survived[module] "\n  " $$1 } \
-		 END { for (m in total) { printf "%-12s %4d of %4d mutants killed (%.1f%%)\n", \
-		         m, killed[m], total[m], 100 * killed[m] / total[m]; all += total[m]; \
-		         dead += killed[m] } \
+	@$(VENV)/bin/mutmut results --all true > $(VENV)/mutmut-results.txt
+	@awk -F': ' '{ split($$1, name, "."); module = name[2]; total[module]++; all++; \
+		   if ($$2 == "killed" || $$2 == "timeout") { killed[module]++; dead++ } } \
+		 END { for (m in total) printf "%-12s %4d of %4d mutants killed (%.1f%%)\n", \
+		         m, killed[m], total[m], 100 * killed[m] / total[m] | "sort"; close("sort"); \
 		       printf "%-12s %4d of %4d mutants killed (%.1f%%)\n", "all", dead, all, \
-		         100 * dead / all; \
-		       for (m in survived) printf "surviving in %s:%s\n", m, survived[m] }'
+		         100 * dead / all }' $(VENV)/mutmut-results.txt
+	@awk -F': ' '$$2 != "killed" && $$2 != "timeout" { sub(/^ +/, "", $$1); \
+		   split($$1, name, "."); print "not killed in " name[2] ": " $$1 " (" $$2 ")" }' $(VENV)/mutmut-results.txt | sort
 
 bench: $(VENV)/.test
 	$(PY) benchmarks/bench_transform.py
