@@ -8,7 +8,6 @@ with ``PYTHONPROFILEIMPORTTIME=1`` and read which modules the server imported.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import sys
@@ -29,6 +28,7 @@ from hook_sidecar._generated import (
     v1alpha3_pb2_grpc,
 )
 from tests.conftest import start_server
+from tests.image_client import stderr_lines
 
 # What a served call must never load: asyncio's body (and what it drags in), grpc.aio's.
 NEVER_LOADED = (
@@ -156,17 +156,6 @@ def test_an_already_loaded_module_is_left_alone(modules: str) -> None:
 
 
 # --- through the real entry point -------------------------------------------------------
-
-
-def stderr_lines(log: str) -> list[str]:
-    """The server's stderr as written: the JSON log format re-emits fd 2 lines as ``msg``."""
-    lines = []
-    for line in log.splitlines():
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                line = str(json.loads(line).get("msg", ""))
-        lines.append(line)
-    return lines
 
 
 def imported(log: str) -> list[str]:
