@@ -408,3 +408,186 @@ def test_transform_keeps_an_operator_address_apart_from_placed_vfs() -> None:
     assert addresses[0] == guest
     assert addresses[1] is not None and addresses[1] != guest
     assert result.added[1].guest_cell == 0
+
+
+# --- the fast paths give what the full syntax gives ------------------------------------
+
+
+def _number_by_pattern(text: str | None) -> int | None:
+    """``numa._number`` without its fast path: the pattern alone."""
+    if text is None:
+        return None
+    match = numa._NUMBER.fullmatch(text)
+    if match is None:
+        return None
+    value = match.group(1)
+    return int(value[2:], 16) if value[:2].lower() == "0x" else int(value, 10)
+
+
+NUMBERS = [
+    "0",
+    "7",
+    "007",
+    "123456789",
+    "1234567890",
+    "0x1f",
+    " 3",
+    "3 ",
+    "",
+    "-1",
+    "+1",
+    "1_0",
+    "\u0663",
+    "\u00b2",
+    "\uff11",
+    "3\n",
+    "99999",
+    "100000",
+    " 12 ",
+    "\t0100\n",
+]
+
+
+@pytest.mark.parametrize("text", NUMBERS)
+def test_number_fast_path_matches_the_pattern(text: str) -> None:
+    assert numa._number(text) == _number_by_pattern(text)
+
+
+def _cpuset_by_loop(text: str | None, limit: int, budget: numa._Budget) -> frozenset[int] | None:
+    """``numa.cpuset`` without its single-id fast path: the item loop alone."""
+    if text is None or not text.strip():
+        return None
+    wanted: set[int] = set()
+    excluded: set[int] = set()
+    for item in text.split(",", limit):
+        match = numa._CPUSET_ITEM.fullmatch(item)
+        if match is None:
+            return None
+        first = int(match.group(2))
+        last = int(match.group(3)) if match.group(3) is not None else first
+        if last < first or last >= limit:
+            return None
+        budget.left -= last - first + 1
+        if budget.left < 0:
+            return None
+        (excluded if match.group(1) else wanted).update(range(first, last + 1))
+    return frozenset(wanted - excluded)
+
+
+@pytest.mark.parametrize("text", [*NUMBERS, "16383", "16384", "65535", "4-7", "^3", "3,4"])
+@pytest.mark.parametrize("limit", [numa.MAX_CPUS, numa.MAX_NODES, 8])
+@pytest.mark.parametrize("left", [0, 1, 5])
+def test_single_cpu_fast_path_matches_the_full_syntax(text: str, limit: int, left: int) -> None:
+    """A lone id skips the loop; what it returns and spends must be what the loop would."""
+    fast, slow = numa._Budget(left=left), numa._Budget(left=left)
+    assert cpuset(text, limit, fast) == _cpuset_by_loop(text, limit, slow)
+    assert fast.left == slow.left
+
+
+def test_single_cpu_fast_path_spends_and_honours_the_budget() -> None:
+    budget = numa._Budget(left=1)
+    assert cpuset("5", budget=budget) == frozenset({5}) and budget.left == 0
+    assert cpuset("5", budget=budget) is None
+    assert cpuset("16384") is None and cpuset("16383") == frozenset({16383})
+    assert cpuset("1024", numa.MAX_NODES) is None
+
+
+def test_queries_ignore_namespaced_and_non_pci_controllers() -> None:
+    """The compiled queries read what ``iterfind`` did: plain tags, type pci only."""
+    root = numa_domain()
+    devices = root.find("devices")
+    assert devices is not None
+    devices.append(
+        etree.fromstring(
+            b'<q:controller xmlns:q="urn:q" type="pci" index="200" model="pcie-expander-bus">'
+            b'<q:target busNr="10"><q:node>0</q:node></q:target></q:controller>'
+        )
+    )
+    devices.append(
+        etree.fromstring(
+            b'<controller type="usb" index="201" model="pcie-expander-bus">'
+            b'<target busNr="12"><node>0</node></target></controller>'
+        )
+    )
+    placement = place(root, [HostDevice(VF0, numa_node=0)], "auto")
+    assert [c["model"] for c in controllers(placement)] == ["pcie-expander-bus", "pcie-root-port"]
+    assert controllers(placement)[0]["busNr"] == "254"  # not below the ignored ones
+
+
+@pytest.mark.parametrize(("index", "bus_nr", "cell"), [(1, 254, 0), (17, 200, 3), (255, 9, 12)])
+def test_expander_template_is_the_built_element(index: int, bus_nr: int, cell: int) -> None:
+    for _ in range(2):
+        got = numa._expander_element(index, bus_nr, cell)
+        assert etree.tostring(got) == etree.tostring(numa._build_expander(index, bus_nr, cell))
+
+
+@pytest.mark.parametrize(
+    ("index", "chassis", "bus", "slot"), [(2, 2, 1, 0), (30, 7, 0xFE, 0x1F), (9, 255, 16, 3)]
+)
+def test_root_port_template_is_the_built_element(
+    index: int, chassis: int, bus: int, slot: int
+) -> None:
+    for _ in range(2):
+        got = numa._root_port_element(index, chassis, bus, slot)
+        expected = numa._build_root_port(index, chassis, bus, slot)
+        assert etree.tostring(got) == etree.tostring(expected)
+
+
+def test_controller_templates_are_never_handed_out() -> None:
+    first = numa._root_port_element(3, 3, 1, 0)
+    first[2].set("bus", "0x77")
+    first.append(etree.Element("extra"))
+    second = numa._root_port_element(4, 4, 1, 1)
+    assert second[2].get("bus") == "0x01" and second.find("extra") is None
+    assert numa._template("root-port").get("index") == "0"
+
+
+def test_one_query_reads_every_fact_by_tag() -> None:
+    root = numa_domain()
+    facts = numa._read_facts(root)
+    assert set(facts) == set(numa._FACT_TAGS)
+    assert [c.get("id") for c in facts["cell"]] == ["0", "1"]
+    assert [m.get("cellid") for m in facts["memnode"]] == ["0", "1"]
+    assert [p.get("vcpu") for p in facts["vcpupin"]] == ["0", "1", "2", "3"]
+    assert facts["controller"] == [] and facts["address"] == []
+    assert [t.get("machine") for t in facts["type"]] == ["q35"]
+
+
+def test_auto_places_the_vfs_it_can_and_leaves_the_others() -> None:
+    """A VF without a host node beside one with: the one is placed, the other warned about."""
+    result = transform(
+        fixture("numa-passthrough-2vf.xml"),
+        [HostDevice(VF0, numa_node=0), HostDevice(VF1)],
+        TransformOptions(numa_placement="auto"),
+    )
+    placed, unplaced = result.added
+    assert placed.guest_cell == 0 and placed.guest_address is not None
+    assert unplaced.guest_cell is None and unplaced.guest_address is None
+    assert len(result.warnings) == 1 and str(VF1) in result.warnings[0]
+
+
+def test_a_new_thread_places_the_same_way() -> None:
+    import threading
+
+    data = fixture("numa-passthrough-2vf.xml")
+    devices = [HostDevice(VF0, numa_node=0), HostDevice(VF1, numa_node=1)]
+    here = transform(data, devices, TransformOptions(numa_placement="auto"))
+    there: list[object] = []
+    thread = threading.Thread(
+        target=lambda: there.append(
+            transform(data, devices, TransformOptions(numa_placement="auto"))
+        )
+    )
+    thread.start()
+    thread.join()
+    assert there == [here]
+
+
+@pytest.mark.parametrize(("vfs", "reused"), [(1, True), (2, False)])
+def test_nested_controllers_are_read_whatever_their_child_order(vfs: int, reused: bool) -> None:
+    """libvirt writes model and target before address: each child is found by its tag."""
+    written_by_libvirt = NESTED.replace('">' + "<address", '"><model name="x"/><target/><address')
+    assert written_by_libvirt.count("<model") >= 4
+    devices = [HostDevice(PciAddress(0, 0x3D, 1, f), numa_node=1) for f in range(vfs)]
+    found = controllers(place(_with_controllers(written_by_libvirt), devices, "strict"))
+    assert (found[0]["model"] == "pcie-root-port") is reused

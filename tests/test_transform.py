@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import xml.dom.minidom
 import xml.parsers.expat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from lxml import etree
 from hook_sidecar import numa as transform_module_numa
 from hook_sidecar import transform as transform_module
 from hook_sidecar.errors import HookError, InvalidInput, PreconditionFailed
-from hook_sidecar.hostdevs import HostDevice, TransformOptions
+from hook_sidecar.hostdevs import AddedDevice, HostDevice, TransformOptions, TransformResult
 from hook_sidecar.pci import PciAddress
 from hook_sidecar.transform import (
     DuplicateDevice,
@@ -1167,3 +1168,348 @@ def hostdev_at(sep: bytes, unit: bytes) -> bytes:
 )
 def test_indentation(xml: bytes, expected: bytes) -> None:
     assert abbreviated(transform(xml, [HostDevice(VF)]).xml) == expected
+
+
+# --- the fast paths: each must give what the plain way gives ----------------------------------
+
+
+@pytest.mark.parametrize("managed", ["no", "yes"])
+@pytest.mark.parametrize("guest", [None, PciAddress.parse("0000:00:10.0")])
+@pytest.mark.parametrize(
+    ("sep", "unit"),
+    [
+        ("", ""),
+        ("", "  "),
+        ("\n\t\t", "\t"),
+        ("\n    ", "  "),
+        ("\r\n  ", "  "),
+        ("\n" + " " * 80, " "),
+    ],
+)
+def test_hostdev_template_is_the_built_element(
+    managed: str, guest: PciAddress | None, sep: str, unit: str
+) -> None:
+    """A copied template, attributes overwritten, is byte for byte the element built afresh."""
+    for address, alias in [(VF, "ua-qat-0"), (VF2, "ua-qat-17"), (VF, "ua-qat-0")]:
+        device = AddedDevice(address, alias, guest)
+        expected = transform_module._build_hostdev(device, managed)
+        transform_module._indent(expected, sep, unit)
+        got = transform_module._hostdev(device, managed, sep, unit)
+        assert etree.tostring(got) == etree.tostring(expected)
+
+
+def test_hostdev_templates_stay_pristine_and_bounded() -> None:
+    """Copies never share nodes with the template; the per-thread cache stays within its cap."""
+    first = transform_module._hostdev(AddedDevice(VF, "ua-qat-0"), "no", "\n  ", "  ")
+    first[1][0].set("bus", "0xff")
+    first.append(etree.Element("extra"))
+    again = transform_module._hostdev(AddedDevice(VF2, "ua-qat-1"), "no", "\n  ", "  ")
+    assert again[1][0].get("bus") == "0x3d" and again.find("extra") is None
+    for width in range(transform_module.MAX_TEMPLATES * 2):
+        transform_module._hostdev(AddedDevice(VF, "a"), "no", "\n" + " " * width, " ")
+    templates = transform_module._per_thread.templates
+    assert 0 < len(templates) <= transform_module.MAX_TEMPLATES
+    assert all(
+        len(sep) + len(unit) <= transform_module.MAX_TEMPLATE_SPACE for _, _, sep, unit in templates
+    )
+
+
+def test_many_devices_get_their_own_addresses_and_aliases(domain_xml: bytes) -> None:
+    devices = [dev(f"3d:0{slot}.{function}") for slot in range(1, 4) for function in range(8)]
+    result = transform(domain_xml, devices)
+    out = etree.fromstring(result.xml)
+    hostdevs = out.findall("devices/hostdev")
+    assert [source_of(h) for h in hostdevs] == [d.address for d in devices]
+    assert [h.find("alias").get("name") for h in hostdevs] == [  # type: ignore[union-attr]
+        f"ua-qat-{n}" for n in range(len(devices))
+    ]
+
+
+def test_parser_is_one_per_thread() -> None:
+    """Reused within a thread (no per-document set-up), never shared between threads."""
+    import threading
+
+    mine = transform_module._parser()
+    assert transform_module._parser() is mine
+    assert transform_module._guard_parser() is transform_module._guard_parser()
+    assert transform_module._guard_parser() is not mine
+    others: list[object] = []
+    thread = threading.Thread(target=lambda: others.append(transform_module._parser()))
+    thread.start()
+    thread.join()
+    assert others and others[0] is not mine
+
+
+def test_a_reused_parser_carries_nothing_from_one_document_to_the_next(domain_xml: bytes) -> None:
+    with pytest.raises(NotWellFormed, match="line 1, column"):
+        transform(b"<domain><devices>", [HostDevice(VF)])
+    assert len(transform(domain_xml, [HostDevice(VF)]).added) == 1
+    with pytest.raises(UnsafeXml):
+        transform(b'<!DOCTYPE d [<!ENTITY a "x">]><domain><name>&a;</name></domain>', [])
+    with pytest.raises(NotWellFormed, match="Entity 'a' not defined"):
+        transform(b"<domain><name>&a;</name></domain>", [HostDevice(VF)])
+    assert (
+        transform(domain_xml, [HostDevice(VF)]).xml == transform(domain_xml, [HostDevice(VF)]).xml
+    )
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-32"])
+@pytest.mark.parametrize(
+    "body",
+    ["<name>&x;</name>", '<name a="&x;">vm</name>', "<name>vm</name><devices>&x;</devices>"],
+)
+def test_entity_reference_without_a_doctype_is_not_well_formed(encoding: str, body: str) -> None:
+    """Why only a document with a DOCTYPE is walked for entity references."""
+    document = f'<?xml version="1.0" encoding="{encoding}"?><domain>{body}</domain>'
+    with pytest.raises(NotWellFormed, match="Entity 'x' not defined"):
+        transform(document.encode(encoding), [HostDevice(VF)])
+
+
+def test_entity_reference_with_a_bare_doctype_is_refused() -> None:
+    with pytest.raises((UnsafeXml, NotWellFormed)):
+        transform(b"<!DOCTYPE domain><domain><name>&x;</name></domain>", [HostDevice(VF)])
+
+
+def test_guard_parser_refuses_what_the_input_parser_refuses() -> None:
+    for document in (
+        b'<domain><a xml:id="x"/><b xml:id="x"/></domain>',
+        b"<domain><devices></domain>",
+        b"<domain>&x;</domain>",
+    ):
+        for parser in (transform_module._parser(), transform_module._guard_parser()):
+            with pytest.raises(etree.XMLSyntaxError):
+                etree.fromstring(document, parser)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda xml: xml.replace(b"<hostdev ", b"<!-- <hostdev ").replace(
+            b"</hostdev>", b"</hostdev> -->"
+        ),
+        lambda xml: xml.replace(b"<hostdev ", b"<?pi <hostdev ").replace(
+            b"</hostdev>", b"</hostdev> ?>"
+        ),
+        lambda xml: xml.replace(b"<devices>", b"<devices><![CDATA[", 1).replace(
+            b"</devices>", b"]]></devices>"
+        ),
+        lambda xml: xml.replace(b"<devices>", b"<other><devices>", 1).replace(
+            b"</devices>", b"</devices></other>"
+        ),
+    ],
+    ids=["in a comment", "in a PI", "in CDATA", "one level down"],
+)
+def test_guard_counts_only_real_hostdevs_under_domain_devices(
+    monkeypatch: pytest.MonkeyPatch, domain_xml: bytes, damage: object
+) -> None:
+    """The lean guard parser drops comments and PIs: a device only they hold is not there."""
+    write = transform_module._write
+    monkeypatch.setattr(transform_module, "_write", lambda tree: damage(write(tree)))  # type: ignore[operator]
+    with pytest.raises(OutputCheckFailed, match="nothing was returned"):
+        transform(domain_xml, [HostDevice(VF)])
+
+
+def test_guard_reads_hostdevs_among_comments_and_blank_text(domain_xml: bytes) -> None:
+    result = transform(domain_xml, [HostDevice(VF)])
+    padded = result.xml.replace(b"<hostdev ", b"<!-- c --><?p?>\n\n  <hostdev ")
+    transform_module._verify(padded, result.added)
+
+
+@pytest.mark.parametrize("prefix", ["ua-q'at-", 'ua-q"at-', "ua-\"'-", "ua-]-", ""])
+def test_alias_prefix_is_a_query_value_never_query_text(prefix: str) -> None:
+    taken = prefix.replace("&", "&amp;").replace('"', "&quot;")
+    xml = (
+        f'<domain><name>vm</name><devices><disk><alias name="{taken}0"/></disk>'
+        f'<disk><alias name="x{taken}1"/></disk></devices></domain>'
+    ).encode()
+    options = TransformOptions(alias_prefix=prefix)
+    result = transform(xml, [HostDevice(VF), HostDevice(VF2)], options)
+    assert [a.alias for a in result.added] == [f"{prefix}1", f"{prefix}2"]
+
+
+@pytest.mark.parametrize(("before", "after"), [(0, 1), (1, 0), (1000, 0), (0, 1000), (500, 500)])
+def test_nodes_outside_the_root_up_to_the_cap_are_kept(before: int, after: int) -> None:
+    xml = b"<!--b-->" * before + b"<domain><name>vm</name><devices/></domain>" + b"<?p?>" * after
+    out = transform(xml, [HostDevice(VF)]).xml
+    assert out.count(b"<!--b-->") == before and out.count(b"<?p?>") == after
+
+
+def test_one_query_reads_every_fact_apart() -> None:
+    """``_facts`` tells the query's parts apart whatever names and values the domain uses."""
+    root = etree.fromstring(
+        b'<domain><devices><disk><alias name="address"/></disk>'
+        b'<hostdev type="pci"><source><address domain="0" bus="1" slot="2" function="3"/>'
+        b'</source><alias name="devices"/></hostdev></devices>'
+        b'<devices><interface type="hostdev"><source>'
+        b'<address type="pci" domain="0" bus="4" slot="5" function="6"/></source>'
+        b'<alias name="cell"/></interface><hostdev type="usb"><source><address bus="9"/>'
+        b"</source></hostdev></devices>"
+        b"<cpu/><cpu><numa><cell/><cell/></numa></cpu></domain>"
+    )
+    facts = transform_module._facts(root)
+    assert facts.devices is root[0]
+    assert [a.get("bus") for a in facts.host_sources] == ["1", "4"]
+    assert facts.aliases == ["address", "devices", "cell"]
+    assert facts.has_cells
+    bare = transform_module._facts(etree.fromstring(b"<domain><cpu><numa/></cpu></domain>"))
+    assert bare == transform_module._Facts()
+
+
+def test_hostdevs_in_a_second_devices_element_count_as_present() -> None:
+    xml = (
+        b"<domain><name>vm</name><devices/><devices><hostdev type='pci'><source>"
+        b"<address domain='0x0000' bus='0x3d' slot='0x02' function='0x2'/></source></hostdev>"
+        b"</devices></domain>"
+    )
+    result = transform(xml, [HostDevice(VF), HostDevice(VF2)])
+    assert result.already_present == (VF,)
+    assert [source_of(h) for h in etree.fromstring(result.xml)[1].iter("hostdev")] == [VF2]
+
+
+def _indent_by_siblings(element: etree._Element, sep: str, unit: str) -> None:
+    """``_indent`` as first written: asks each child for its next sibling."""
+    if not sep or not len(element):
+        return
+    inner = sep + unit
+    if element.text is None:
+        element.text = inner
+    for child in element:
+        _indent_by_siblings(child, inner, unit)
+        if child.tail is None:
+            child.tail = inner if child.getnext() is not None else sep
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        b"<a><b/><c><d/><e/></c></a>",
+        b"<a><b/><!--x--></a>",
+        b"<a><b/><?p?><c/>tail</a>",
+        b"<a>text<b/> <c> <d/></c>\n</a>",
+        b"<a><b><c><d><e/></d></c></b></a>",
+        b"<a/>",
+    ],
+)
+@pytest.mark.parametrize(("sep", "unit"), [("", "  "), ("\n  ", "  "), ("\n\t", "\t")])
+def test_indent_fills_only_missing_whitespace_like_before(xml: bytes, sep: str, unit: str) -> None:
+    got, expected = etree.fromstring(xml), etree.fromstring(xml)
+    transform_module._indent(got, sep, unit)
+    _indent_by_siblings(expected, sep, unit)
+    assert etree.tostring(got) == etree.tostring(expected)
+
+
+def _verify_by_find(xml: bytes, added: tuple[AddedDevice, ...]) -> bool:
+    """The last guard as first written (``find`` per hostdev): does the output pass?"""
+    root = etree.fromstring(xml)
+    found: dict[str | None, list[dict[str, str]]] = {}
+    for hostdev in root.iterfind("devices/hostdev"):
+        alias, source = hostdev.find("alias"), hostdev.find("source/address")
+        if alias is not None and source is not None:
+            attrs = {str(k): str(v) for k, v in source.attrib.items()}
+            found.setdefault(alias.get("name"), []).append(attrs)
+    for device in added:
+        sources = found.get(device.alias, []) if root.tag == "domain" else []
+        if sources.count(device.address.libvirt_attributes()) != 1 or len(sources) != 1:
+            return False
+    return True
+
+
+_SRC = '<address domain="0x0000" bus="0x3d" slot="0x02" function="0x2"/>'
+_OTHER = '<address domain="0x0000" bus="0x3d" slot="0x02" function="0x3"/>'
+_EXTRA = '<address domain="0x0000" bus="0x3d" slot="0x02" function="0x2" extra="1"/>'
+
+
+@pytest.mark.parametrize(
+    "hostdevs",
+    [
+        f'<hostdev><source>{_SRC}</source><alias name="ua-qat-0"/></hostdev>',
+        f'<hostdev><alias name="ua-qat-0"/><source>{_SRC}</source></hostdev>',
+        f'<hostdev><alias name="x"/><alias name="ua-qat-0"/><source>{_SRC}</source></hostdev>',
+        f'<hostdev><alias name="ua-qat-0"/><alias name="x"/><source>{_SRC}</source></hostdev>',
+        f'<hostdev><source>{_OTHER}</source><source>{_SRC}</source><alias name="ua-qat-0"/>'
+        "</hostdev>",
+        f'<hostdev><source/><source>{_SRC}{_OTHER}</source><alias name="ua-qat-0"/></hostdev>',
+        f'<hostdev><source>{_SRC}</source><alias name="ua-qat-0"/></hostdev>' * 2,
+        f'<hostdev><source>{_SRC}</source><alias name="ua-qat-0"/></hostdev>'
+        f'<hostdev><source>{_OTHER}</source><alias name="ua-qat-0"/></hostdev>',
+        f'<hostdev><source>{_SRC}</source></hostdev><hostdev><alias name="ua-qat-0"/></hostdev>',
+        f'<hostdev><alias name="ua-qat-0"/></hostdev><hostdev><source>{_SRC}</source>'
+        '<alias name="ua-qat-0"/></hostdev>',
+        f'<hostdev><source>{_EXTRA}</source><alias name="ua-qat-0"/></hostdev>',
+        f"<hostdev><alias/><source>{_SRC}</source></hostdev>",
+        f'<disk><source>{_SRC}</source><alias name="ua-qat-0"/></disk>',
+    ],
+)
+def test_guard_groups_aliases_and_sources_like_find(hostdevs: str) -> None:
+    """One query for all hostdevs decides exactly as a ``find`` per hostdev did."""
+    added = (AddedDevice(VF, "ua-qat-0"),)
+    xml = f"<domain><devices>{hostdevs}</devices></domain>".encode()
+    expected = _verify_by_find(xml, added)
+    if expected:
+        transform_module._verify(xml, added)
+    else:
+        with pytest.raises(OutputCheckFailed):
+            transform_module._verify(xml, added)
+
+
+def in_a_new_thread(function: Callable[[], object]) -> object:
+    """Run ``function`` where nothing is cached yet (per-thread parsers and templates)."""
+    import threading
+
+    outcome: list[object] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(function())
+        except BaseException as err:  # noqa: BLE001 - handed back to the test
+            errors.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return outcome[0]
+
+
+def test_parsers_built_in_a_new_thread_are_hardened_and_configured() -> None:
+    subset = b'<!DOCTYPE d [<!ENTITY a "x">]><d>&a;<!--c--><?p?><![CDATA[<z>]]>\n  <e/>\n</d>'
+
+    def check() -> None:
+        read = etree.fromstring(subset, transform_module._parser())
+        assert isinstance(read[0], etree._Entity)  # never expanded
+        assert [type(n) for n in read] == [
+            etree._Entity,
+            etree._Comment,
+            etree._ProcessingInstruction,
+            etree._Element,
+        ]
+        assert b"<![CDATA[<z>]]>" in etree.tostring(read)  # CDATA kept as written
+        guard = etree.fromstring(subset, transform_module._guard_parser())
+        assert isinstance(guard[0], etree._Entity)  # never expanded here either
+        lean = etree.fromstring(
+            b"<d>\n  <!--c-->\n  <?p?>\n  <e/>\n</d>", transform_module._guard_parser()
+        )
+        assert [n.tag for n in lean] == ["e"] and lean.text is None and lean[0].tail is None
+
+    in_a_new_thread(check)
+
+
+def test_a_new_thread_writes_the_same_bytes(domain_xml: bytes) -> None:
+    devices = [HostDevice(VF), dev("3d:02.3", "00:10.0")]
+    here = transform(domain_xml, devices)
+    there = in_a_new_thread(lambda: transform(domain_xml, devices))
+    assert isinstance(there, TransformResult) and there == here
+
+
+@pytest.mark.parametrize(("sep", "unit", "kept"), [(63, 1, True), (64, 1, False), (40, 30, False)])
+def test_templates_are_kept_only_for_short_indentation(sep: int, unit: int, kept: bool) -> None:
+    """``MAX_TEMPLATE_SPACE`` bounds what a template key holds: ``sep`` and ``unit`` together."""
+    spacing = "\n" + " " * (sep - 1), " " * unit
+
+    def keys() -> set[tuple[str, bool, str, str]]:
+        transform_module._hostdev(AddedDevice(VF, "ua-qat-0"), "no", *spacing)
+        return set(transform_module._per_thread.templates)
+
+    assert (("no", False, *spacing) in in_a_new_thread(keys)) is kept  # type: ignore[operator]
