@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
 from hook_sidecar import boundedjson
 from hook_sidecar.boundedjson import JsonLimitError, field_path
+from tests.test_vmi import nested
 
 
 @pytest.mark.parametrize(
@@ -28,13 +28,6 @@ from hook_sidecar.boundedjson import JsonLimitError, field_path
 )
 def test_field_path(path: tuple[str | int, ...], text: str) -> None:
     assert field_path(path) == text
-
-
-def nested(depth: int) -> Any:
-    value: Any = 1
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 @pytest.mark.parametrize(
