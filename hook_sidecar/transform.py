@@ -305,14 +305,6 @@ def _attach(parent: etree._Element, children: Sequence[etree._Element], layout: 
         children[-1].tail = layout.closing or None
 
 
-def _append(parent: etree._Element, children: Sequence[etree._Element], unit: str) -> None:
-    """Append ``children`` after ``parent``'s last node, indented like their siblings."""
-    layout = _layout(parent, unit)
-    for child in children:
-        _indent(child, layout.sep, unit)
-    _attach(parent, children, layout)
-
-
 def _address(parent: etree._Element, address: PciAddress, **extra: str) -> None:
     etree.SubElement(parent, "address", {**extra, **address.libvirt_attributes()})
 
@@ -644,8 +636,9 @@ def _edit(
     unit = _indent_unit(root)
     devices_element = facts.devices
     if devices_element is None:
+        # Appended empty (nothing inside to indent) to a <domain> that has content.
         devices_element = etree.Element("devices")
-        _append(root, [devices_element], unit)
+        _attach(root, [devices_element], _layout(root, unit))
     layout = _layout(devices_element, unit)
     controllers = placement.controllers if placement is not None else ()
     for controller in controllers:

@@ -256,7 +256,7 @@ def test_harness_instruments_the_transform() -> None:
         "import sys; sys.argv = ['fuzz']\n"
         "import tests.fuzz.fuzz_hook\n"
         "from hook_sidecar import transform\n"
-        "for function in (transform.transform, transform._read, transform._append):\n"
+        "for function in (transform.transform, transform._read, transform._attach):\n"
         "    assert '_trace_branch' in function.__code__.co_names, function\n"
     )
     proc = subprocess.run(
