@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from hook_sidecar import __version__, settings
 from hook_sidecar.errors import HookError, InvalidInput
+from hook_sidecar.vmi import MAX_VMI_BYTES
 
 if TYPE_CHECKING:
     from hook_sidecar.hook import HookSettings
@@ -182,11 +183,16 @@ def command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _read(path: str, what: str) -> bytes:
+def _read(path: str, what: str, limit: int) -> bytes:
+    """At most ``limit`` + 1 bytes: enough for the core's own size check to refuse more.
+
+    A bound even for ``/dev/zero`` or an endless pipe, which would otherwise be read whole.
+    """
     try:
         if path == "-":
-            return sys.stdin.buffer.read()
-        return Path(path).read_bytes()
+            return sys.stdin.buffer.read(limit + 1)
+        with open(path, "rb") as stream:
+            return stream.read(limit + 1)
     except OSError as err:
         raise HookError(f"cannot read {what} {path}: {err.strerror or err}") from None
 
@@ -225,8 +231,8 @@ def run_transform(args: argparse.Namespace) -> int:
     from hook_sidecar.hook import on_define_domain
 
     hook = hook_settings(args)
-    domain = _read(args.domain, "domain XML")
-    vmi = _read(args.vmi, "VMI") if args.vmi else None
+    domain = _read(args.domain, "domain XML", hook.transform.max_bytes)
+    vmi = _read(args.vmi, "VMI", MAX_VMI_BYTES) if args.vmi else None
     outcome = on_define_domain(domain, vmi, _environment(), hook)
     for warning in outcome.warnings:
         _warn(warning)
@@ -281,13 +287,13 @@ def run_discover(args: argparse.Namespace) -> int:
     from hook_sidecar import vmi as vmis
 
     config = hook_settings(args)
-    vmi = vmis.parse_vmi(_read(args.vmi, "VMI"))
+    vmi = vmis.parse_vmi(_read(args.vmi, "VMI", MAX_VMI_BYTES))
     decided = discovery.discover(vmi, _environment(), config.discovery)
     cells = None
     if args.domain is not None:
         from hook_sidecar.transform import transform
 
-        domain = _read(args.domain, "domain XML")
+        domain = _read(args.domain, "domain XML", config.transform.max_bytes)
         cells = {}
         if decided.wanted and decided.devices:
             devices = hook.host_devices(decided, config.guest_addresses)

@@ -20,6 +20,8 @@ from hook_sidecar.errors import InvalidInput
 ENABLED_ANNOTATION = "qat.vm.kubevirt.io/enabled"
 DEVICES_ANNOTATION = "qat.vm.kubevirt.io/devices"
 DEFAULT_RESOURCE_PATTERNS = ("qat.intel.com/*",)
+MAX_VMI_BYTES = 64 * 1024 * 1024
+"""As large as the server's gRPC message cap; etcd keeps a VMI under about 1.5 MiB."""
 
 Vmi = Mapping[str, Any]
 FieldPath = tuple[str | int, ...]
@@ -30,6 +32,11 @@ def parse_vmi(raw: bytes | str) -> Vmi:
     """Parse the VMI JSON; an empty payload is an empty VMI (v1alpha1 clients may send none)."""
     if not raw or not raw.strip():
         return {}
+    if len(raw) > MAX_VMI_BYTES:
+        raise InvalidInput(
+            f"VMI JSON is over {MAX_VMI_BYTES} bytes; pass the VirtualMachineInstance object "
+            "(kubectl get vmi NAME -o json)"
+        )
     value = boundedjson.loads(raw, "VMI")
     if not isinstance(value, dict):
         raise InvalidInput(

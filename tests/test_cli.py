@@ -504,3 +504,20 @@ def test_main_builds_only_the_parser_of_the_command_it_runs(
     assert cli.main() == 0
     assert built == ["serve", "serve"]
     assert served == ["/tmp/h", "/tmp/i"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("transform", "/dev/zero"), "domain XML is 16777217 bytes, over the limit of 16777216"),
+        (("transform", DOMAIN, "--vmi", "/dev/zero"), "VMI JSON is over 67108864 bytes"),
+        (("discover", "--vmi", "/dev/zero"), "VMI JSON is over 67108864 bytes"),
+    ],
+)
+def test_endless_input_files_are_read_only_to_their_bound(
+    args: tuple[str, ...], needle: str
+) -> None:
+    """An endless source (/dev/zero, a pipe) is read to the cap plus one byte, then refused."""
+    proc = run_cli(*args, *NO_SYSFS, QAT0=A_VF)
+    assert proc.returncode == 1
+    assert needle in one_error_line(proc.stderr)

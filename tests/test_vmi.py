@@ -57,6 +57,15 @@ def test_parse_bounds(raw: bytes, needle: str) -> None:
     assert len(str(info.value)) < 300
 
 
+def test_size_bound_is_checked_before_parsing() -> None:
+    at_bound = b'{"a": "' + b"x" * (vmis.MAX_VMI_BYTES - 10) + b'"}'
+    assert len(at_bound) == vmis.MAX_VMI_BYTES - 1
+    assert vmis.parse_vmi(at_bound + b" ")["a"].startswith("x")
+    with pytest.raises(InvalidInput) as info:
+        vmis.parse_vmi(at_bound + b"  ")
+    assert str(info.value).startswith(f"VMI JSON is over {vmis.MAX_VMI_BYTES} bytes;")
+
+
 def test_depth_at_the_bound_is_accepted() -> None:
     # The top-level object is one level; the list inside it adds the rest.
     assert vmis.parse_vmi(json.dumps({"x": nested(boundedjson.MAX_DEPTH - 1)}))
