@@ -6,11 +6,13 @@ IMAGE ?= ghcr.io/kubevirt-qat-hook/kubevirt-qat-hook
 TAG ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' hook_sidecar/__init__.py)
 DEMO_DEVICE ?= 0000:3d:02.2
 
-.PHONY: help demo test lint typecheck unit proto proto-check fuzz mutation bench image image-push image-test clean
+.PHONY: help demo test lint typecheck unit peers fixtures proto proto-check fuzz mutation bench image image-push image-test clean
 
 help:
 	@echo "make demo        transform the bundled example domain and show the diff"
 	@echo "make test        unit, property, libvirt and gRPC tests, then ruff and mypy"
+	@echo "make peers       build KubeVirt's and Kubernetes' programs the tests run (Go; cached)"
+	@echo "make fixtures    regenerate tests/data/kubevirt-domains with KubeVirt's converter"
 	@echo "make proto       regenerate the committed gRPC modules from proto/"
 	@echo "make bench       run the benchmarks"
 	@echo "make fuzz        long fuzzing campaign (100k inputs)"
@@ -43,7 +45,17 @@ $(VENV)/.k8s-tools: $(VENV)/.test scripts/k8s-tools.sh
 	PYTHON=$(PY) scripts/k8s-tools.sh $(VENV)/k8s-tools
 	touch $@
 
-unit: $(VENV)/.test $(VENV)/.k8s-tools
+# KubeVirt's and Kubernetes' own programs, built from Go modules (tests/peers/*/peers.txt) into
+# a cache keyed by each module's sources: minutes the first time, seconds afterwards.
+peers:
+	scripts/peers.sh build
+
+# The domains KubeVirt's converter writes for tests/data/kubevirt-domains/*.json, at the
+# KubeVirt version pinned in tests/peers/kubevirt/go.mod.
+fixtures:
+	scripts/kubevirt-fixtures.sh
+
+unit: $(VENV)/.test $(VENV)/.k8s-tools peers
 	scripts/libvirtd.sh  # libvirt's QEMU driver (qemu:///system) for tests/test_libvirt.py
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 

@@ -1,16 +1,19 @@
-"""The KubeVirt Plugin object: its CEL in KubeVirt's dialect, its socket, its policies.
+"""The KubeVirt Plugin object: its CEL judged by KubeVirt's own code, its socket, its policies.
 
 KubeVirt compiles a Plugin's ``condition`` (and any hook's ``condition`` or
 ``cel.expression``) against Go structs when the object is created, so a JSON field name
-there makes ``kubectl apply`` fail and, if it ever got in, every VM fail to boot.
-``tests.k8s_policy.plugin_condition`` evaluates conditions over a Go-named view of the
-VMI that mirrors KubeVirt's environment; every Plugin the repository ships (rendered from
-deploy/ and the chart, and any in examples/) is checked.
+there makes ``kubectl apply`` fail and, if it ever got in, every VM fail to boot. Every
+Plugin the repository ships (rendered from deploy/ and the chart, and any in examples/) goes
+through KubeVirt's own Plugin admitter, and the condition is evaluated by virt-launcher's
+own evaluator, both run by the ``kvplugin`` peer (tests/peers/kubevirt/cmd/kvplugin).
+KubeVirt builds its CEL environment over the Go types in each run (seconds), so each
+module-scoped fixture below asks ``kvplugin`` once for every case its tests read.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import yaml
 from hook_sidecar.cli import build_parser, serve_config
 from tests import k8s_render as render
 from tests.conftest import EXAMPLES, ROOT
-from tests.k8s_policy import kubevirt_cel_problems, plugin_condition
+from tests.support.peers import run_peer
 
 SOCKET = "/var/run/kubevirt-plugin/qat/qat.sock"
 PLUGIN_SPEC_KEYS = {
@@ -55,17 +58,6 @@ def shipped_plugins() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def kubevirt_expressions(plugin: dict[str, Any]) -> list[str]:
-    spec = plugin["spec"]
-    expressions = [spec["condition"]] if "condition" in spec else []
-    for hook in spec.get("domainHooks", []):
-        if "condition" in hook:
-            expressions.append(hook["condition"])
-        if "cel" in hook:
-            expressions.append(hook["cel"]["expression"])
-    return expressions
-
-
 @pytest.fixture(scope="module")
 def plugins() -> list[tuple[str, dict[str, Any]]]:
     found = shipped_plugins()
@@ -95,93 +87,149 @@ def vmi_with(requests: dict[str, str] | None, limits: dict[str, str] | None) -> 
     return vmi
 
 
-# --- the condition, evaluated as KubeVirt does ----------------------------------------------
+# --- KubeVirt's Plugin admission --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("case", "vmi", "wanted"),
-    [
-        ("requests", vmi_with({"memory": "4Gi", "qat.intel.com/generic": "1"}, None), True),
-        ("limits", vmi_with({"memory": "4Gi"}, {"qat.intel.com/cy": "1"}), True),
-        ("none", vmi_with({"memory": "4Gi"}, {"memory": "4Gi"}), False),
-        ("other-vendor", vmi_with({"intel.com/qat": "1"}, None), False),
-    ],
-    ids=lambda v: v if isinstance(v, str) else "",
-)
-def test_condition_over_resources(
-    condition: str, case: str, vmi: dict[str, Any], wanted: bool
+def plugin_doc(name: str, condition: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "plugin.kubevirt.io/v1alpha1",
+        "kind": "Plugin",
+        "metadata": {"name": name},
+        "spec": {
+            "condition": condition,
+            "domainHooks": [{"sidecar": {"socketPath": f"/var/run/kubevirt-plugin/{name}/x.sock"}}],
+        },
+    }
+
+
+# Conditions KubeVirt must refuse when the Plugin is created, and why.
+REJECTED = {
+    "json-spec": (
+        'vmi.spec.domain.resources.requests.exists(r, r.startsWith("qat.intel.com/"))',
+        "undefined field 'spec'",
+    ),
+    "json-metadata": (
+        '"qat.vm.kubevirt.io/enabled" in vmi.metadata.annotations',
+        "undefined field 'metadata'",
+    ),
+    "no-domain-variable": ("domain.Devices.Hostdevs.size() > 0", "undeclared reference"),
+    "not-bool": ("vmi.Name", "must return bool"),
+}
+
+
+def admission_lines(path: Path) -> list[dict[str, Any]]:
+    result = run_peer("kvplugin", "admit", str(path))
+    assert result.returncode == 0, result.stderr.decode()
+    return [json.loads(line) for line in result.stdout.decode().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def admissions(
+    plugins: list[tuple[str, dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, Any]]:
+    """KubeVirt's admission verdict for every shipped Plugin and every REJECTED case."""
+    docs = [
+        dict(plugin, metadata={"name": f"shipped-{i}"}) for i, (_, plugin) in enumerate(plugins)
+    ]
+    docs += [plugin_doc(f"rejected-{case}", expr) for case, (expr, _) in REJECTED.items()]
+    path = tmp_path_factory.mktemp("admit") / "plugins.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    return {line["name"]: line for line in admission_lines(path)}
+
+
+def test_kubevirt_admits_every_shipped_plugin(
+    plugins: list[tuple[str, dict[str, Any]]], admissions: dict[str, dict[str, Any]]
 ) -> None:
-    assert plugin_condition(condition, vmi) is wanted, case
+    for i, (where, _) in enumerate(plugins):
+        verdict = admissions[f"shipped-{i}"]
+        assert verdict["allowed"], (where, verdict.get("message"))
 
 
-def test_condition_annotation(condition: str) -> None:
-    vmi = vmi_with({"memory": "4Gi"}, None)
-    assert plugin_condition(condition, vmi) is False
-    vmi["metadata"]["annotations"] = {"qat.vm.kubevirt.io/enabled": "true"}
-    assert plugin_condition(condition, vmi) is True
+@pytest.mark.parametrize("case", sorted(REJECTED))
+def test_kubevirt_rejects_a_condition_it_cannot_compile(
+    case: str, admissions: dict[str, dict[str, Any]]
+) -> None:
+    verdict = admissions[f"rejected-{case}"]
+    assert verdict["allowed"] is False
+    assert REJECTED[case][1] in verdict["message"]
+    assert [c["field"] for c in verdict["causes"]] == ["spec.condition"]
 
 
-def test_condition_on_a_vmi_without_resources_or_metadata_maps(condition: str) -> None:
+def test_admission_verdicts_name_the_file_and_plugin(tmp_path: Path) -> None:
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(plugin_doc("qat", 'vmi.Labels["app"] == "test"')))
+    assert admission_lines(path) == [{"file": str(path), "name": "qat", "allowed": True}]
+
+
+# --- the condition, evaluated by virt-launcher's evaluator ----------------------------------
+
+
+def bare_vmi() -> dict[str, Any]:
     vmi = copy.deepcopy(example_vmi())
     del vmi["spec"]["domain"]["resources"]
     vmi["metadata"].pop("annotations", None)
-    assert plugin_condition(condition, vmi) is False
+    vmi["metadata"].pop("labels", None)
+    return vmi
 
 
-@pytest.mark.parametrize(
-    "path",
-    [EXAMPLES / "plugin" / "vmi-qat.yaml", EXAMPLES / "plugin" / "dra" / "vmi-qat-dra.yaml"],
-    ids=lambda p: str(p.relative_to(EXAMPLES)),
-)
-def test_condition_admits_the_plugin_examples(condition: str, path: Path) -> None:
-    assert plugin_condition(condition, load_all(path)[0]) is True
+def opted_in(vmi: dict[str, Any]) -> dict[str, Any]:
+    vmi = copy.deepcopy(vmi)
+    vmi["metadata"].setdefault("annotations", {})["qat.vm.kubevirt.io/enabled"] = "true"
+    return vmi
 
 
-def test_the_go_view_rejects_json_names() -> None:
-    """The check that would have caught issue 16: JSON names do not evaluate."""
-    vmi = example_vmi()
-    for expression in (
-        "has(vmi.spec.domain.resources.requests)",
-        '"qat.vm.kubevirt.io/enabled" in vmi.metadata.annotations',
-        "vmi.Spec.Domain.Devices.HostDevices.size() > 0",  # a Go name outside the map
-    ):
-        with pytest.raises(AssertionError, match="undefined field"):
-            plugin_condition(expression, vmi)
-    assert plugin_condition('vmi.Labels["kubevirt.io/vm"] == "x" || vmi.Namespace == ""', vmi)
+# case -> (VMI or VirtualMachine, whether the shipped condition must select it)
+SELECTION: dict[str, tuple[dict[str, Any], bool]] = {
+    "requests": (vmi_with({"memory": "4Gi", "qat.intel.com/generic": "1"}, None), True),
+    "limits": (vmi_with({"memory": "4Gi"}, {"qat.intel.com/cy": "1"}), True),
+    "none": (vmi_with({"memory": "4Gi"}, {"memory": "4Gi"}), False),
+    "other-vendor": (vmi_with({"intel.com/qat": "1"}, None), False),
+    "annotation": (opted_in(vmi_with({"memory": "4Gi"}, None)), True),
+    "no-resources-no-metadata-maps": (bare_vmi(), False),
+    **{f"generated-{name}": (vmi, False) for name, vmi in render.generated_vmis().items()},
+    **{f"example-{name}": (doc, True) for name, doc in render.example_vmis().items()},
+}
+# The generated VMIs that ask for a VF in a way the condition sees (DRA without the
+# annotation requests no resource, so it is not selected: the README tells users to annotate).
+SELECTED_GENERATED = {
+    "requests-only",
+    "limits-only",
+    "annotation-only",
+    "dra-claim-with-annotation",
+}
+for _name in SELECTED_GENERATED:
+    SELECTION[f"generated-{_name}"] = (SELECTION[f"generated-{_name}"][0], True)
 
 
-# --- every KubeVirt CEL expression in the repository uses KubeVirt's names -------------------
+@pytest.fixture(scope="module")
+def selections(
+    plugins: list[tuple[str, dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, Any]]:
+    """virt-launcher's evaluation of the shipped condition on every SELECTION case."""
+    tmp = tmp_path_factory.mktemp("select")
+    plugin_path = tmp / "plugin.json"
+    plugin_path.write_text(json.dumps(plugins[0][1]))
+    paths = {}
+    for case, (doc, _) in SELECTION.items():
+        paths[case] = tmp / f"{case.replace('/', '_').replace(':', '_')}.json"
+        paths[case].write_text(json.dumps(doc))
+    result = run_peer("kvplugin", "select", "-plugins", str(plugin_path), *map(str, paths.values()))
+    assert result.returncode == 0, result.stderr.decode()
+    by_path = {json.loads(line)["vmi"]: json.loads(line) for line in result.stdout.splitlines()}
+    return {case: by_path[str(path)] for case, path in paths.items()}
 
 
-def test_no_json_names_in_any_kubevirt_cel(plugins: list[tuple[str, dict[str, Any]]]) -> None:
-    for where, plugin in plugins:
-        for expression in kubevirt_expressions(plugin):
-            assert kubevirt_cel_problems(expression) == [], where
+def test_every_shipped_plugin_has_the_same_condition(condition: str) -> None:
+    assert "vmi.Spec.Domain.Resources.Requests" in condition
 
 
-@pytest.mark.parametrize(
-    ("expression", "problem"),
-    [
-        ('vmi.spec.domain.resources.requests.exists(r, r == "x")', "vmi.spec"),
-        ('"a" in vmi.metadata.annotations', "vmi.metadata"),
-        ("domainSpec.devices.hostdevs.size() > 0", "domainSpec.devices"),
-        ("object.spec.containers.size() > 0", "'object'"),
-        ("domain.Devices.size() > 0", "'domain'"),
-    ],
-)
-def test_the_cel_check_flags_what_kubevirt_rejects(expression: str, problem: str) -> None:
-    problems = kubevirt_cel_problems(expression)
-    assert problems and any(problem in p for p in problems), problems
-
-
-def test_the_cel_check_accepts_kubevirt_names() -> None:
-    assert (
-        kubevirt_cel_problems(
-            'vmi.Spec.Domain.Resources.Requests.exists(r, r.startsWith("vmi.spec")) && '
-            'domainSpec.Devices.Hostdevs.all(h, h.Managed == "no") && "x" in vmi.Annotations'
-        )
-        == []
-    )
+@pytest.mark.parametrize("case", sorted(SELECTION))
+def test_the_shipped_condition_selects_exactly_the_vms_that_ask(
+    case: str, selections: dict[str, dict[str, Any]]
+) -> None:
+    outcome = selections[case]
+    assert "error" not in outcome, outcome["error"]
+    assert outcome["selected"] is SELECTION[case][1]
 
 
 # --- the Plugin object ----------------------------------------------------------------------
