@@ -1,22 +1,19 @@
-"""Both CEL dialects this project writes, evaluated as far as real tools run here.
+"""An offline stand-in for Kubernetes CEL, for the one test that runs without a cluster.
 
-No API server and no KubeVirt run in the tests, so:
+What the admission policies do to pods is decided by a real API server in
+tests/test_cluster.py (every overlay and chart variant, KubeVirt's own pods and policies);
+no test of the install relies on this module. It stays only because tests/test_plugin.py
+reads the socket path from the container the plugin policy adds without a control plane.
 
-- **Kubernetes CEL** (MutatingAdmissionPolicy): every matchCondition, variable and
-  mutation is evaluated for real with cel-python over a captured virt-launcher pod and
-  the policy's params ConfigMap. cel-python cannot build Kubernetes' typed objects
-  (``Object.spec.containers{...}``, ``JSONPatch{...}``), so ``cel_source`` rewrites each
-  typed construction into the CEL map literal with the same fields before compiling;
-  everything else (params, variables, filter/map) is evaluated as written. The two
-  Kubernetes string-library functions the policies use, ``lastIndexOf`` and
-  ``substring``, are supplied with Kubernetes' semantics. The result is applied to the
-  pod as the API server would: JSONPatch with the jsonpatch library, ApplyConfiguration
-  with a merge of list-maps by name (server-side apply for containers, volumes, env,
-  mounts and claims).
-- **KubeVirt's plugin CEL** is typed over Go structs (cel-go ``ext.NativeTypes``):
-  ``go_view`` builds a Go-named view of a VMI from its JSON with an explicit json->Go
-  name map, so an expression that uses a JSON name, or any field outside the map, fails
-  here as it fails in KubeVirt.
+cel-python cannot build Kubernetes' typed objects (``Object.spec.containers{...}``,
+``JSONPatch{...}``), so ``cel_source`` rewrites each typed construction into a map
+literal; ``lastIndexOf``, ``substring`` and the list ``indexOf`` are supplied with
+Kubernetes' semantics; ApplyConfiguration is imitated by a merge of list-maps by name.
+Where it and the API server differ, the API server is right (they did differ: the server
+reinvokes only policies it has invoked, and refuses ApplyConfiguration on atomic fields).
+
+KubeVirt's plugin CEL (a Plugin's ``condition``) is not imitated here: tests/test_plugin.py
+runs KubeVirt's own Plugin admitter and evaluator (the ``kvplugin`` peer).
 """
 
 from __future__ import annotations
@@ -68,10 +65,17 @@ def _substring(text: Any, start: Any, end: Any = None) -> Any:
     )
 
 
-# Kubernetes' CEL string library (ext.Strings), for the functions the policies call.
+def _index_of(items: Any, item: Any) -> Any:
+    """Kubernetes' list library ``<list>.indexOf(x)`` (the policies use it on lists only)."""
+    values = list(items)
+    return celpy.celtypes.IntType(values.index(item) if item in values else -1)
+
+
+# Kubernetes' CEL string and list libraries, for the functions the policies call.
 K8S_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "lastIndexOf": _last_index_of,
     "substring": _substring,
+    "indexOf": _index_of,
 }
 
 
@@ -79,13 +83,13 @@ def to_json(value: Any) -> Any:
     """A cel-python value as plain JSON data."""
     if isinstance(value, celpy.celtypes.MapType):
         return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, celpy.celtypes.ListType):
+    if isinstance(value, (celpy.celtypes.ListType, list)):
         return [to_json(v) for v in value]
     if isinstance(value, celpy.celtypes.BoolType):
         return bool(value)
     if isinstance(value, celpy.celtypes.IntType):
         return int(value)
-    if isinstance(value, celpy.celtypes.StringType):
+    if isinstance(value, (celpy.celtypes.StringType, str)):
         return str(value)
     if value is None:
         return None
@@ -142,8 +146,17 @@ def params_for(binding: dict[str, Any], objects: Iterable[dict[str, Any]]) -> di
     raise AssertionError(f"binding {binding['metadata']['name']}: no params {ref}")
 
 
-def matches(policy: dict[str, Any], pod: dict[str, Any]) -> bool:
-    """matchConstraints and matchConditions for a pod CREATE (conditions see no params)."""
+def variables_of(policy: dict[str, Any], params: dict[str, Any], pod: dict[str, Any]) -> Any:
+    """The policy's variables, in order, each seeing the ones before it."""
+    computed: dict[str, Any] = {}
+    for variable in policy["spec"].get("variables", []):
+        value = evaluate(variable["expression"], variables=computed, object=pod, params=params)
+        computed[variable["name"]] = to_json(value)
+    return computed
+
+
+def matches(policy: dict[str, Any], params: dict[str, Any], pod: dict[str, Any]) -> bool:
+    """matchConstraints and matchConditions (which see params and variables) for a pod CREATE."""
     spec = policy["spec"]
     constraints = spec["matchConstraints"]
     if not any(
@@ -155,17 +168,18 @@ def matches(policy: dict[str, Any], pod: dict[str, Any]) -> bool:
     selector = constraints.get("objectSelector", {}).get("matchLabels", {})
     if any(labels.get(k) != v for k, v in selector.items()):
         return False
-    return all(bool(evaluate(c["expression"], object=pod)) for c in spec.get("matchConditions", []))
+    computed = variables_of(policy, params, pod)
+    return all(
+        bool(evaluate(c["expression"], object=pod, params=params, variables=computed))
+        for c in spec.get("matchConditions", [])
+    )
 
 
 def mutate(policy: dict[str, Any], params: dict[str, Any], pod: dict[str, Any]) -> dict[str, Any]:
     """One policy's mutations applied to a matching pod."""
     spec = policy["spec"]
     scope: dict[str, Any] = {"object": pod, "params": params}
-    computed: dict[str, Any] = {}
-    for variable in spec.get("variables", []):
-        value = evaluate(variable["expression"], variables=computed, **scope)
-        computed[variable["name"]] = to_json(value)
+    computed = variables_of(policy, params, pod)
     result = copy.deepcopy(pod)
     for mutation in spec["mutations"]:
         if mutation["patchType"] == "JSONPatch":
@@ -185,8 +199,8 @@ def admit(
     """Every MutatingAdmissionPolicy in ``objects`` applied to a pod CREATE.
 
     Policies run in name order (or reversed: the API server promises no order), then
-    those with ``reinvocationPolicy: IfNeeded`` run once more if a later one changed
-    the pod, as the API server reinvokes them.
+    those with ``reinvocationPolicy: IfNeeded`` that ran run once more if a later one
+    changed the pod, as the API server reinvokes them (never one that did not match).
     """
     policies = sorted(
         (o for o in objects if o["kind"] == "MutatingAdmissionPolicy"),
@@ -200,111 +214,18 @@ def admit(
     ran: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for policy in policies:
         binding = bindings[policy["metadata"]["name"]]
-        if matches(policy, current):
-            after = mutate(policy, params_for(binding, objects), current)
+        params = params_for(binding, objects)
+        if matches(policy, params, current):
+            after = mutate(policy, params, current)
             ran.append((policy, after))
             current = after
     for policy in policies:
         if policy["spec"].get("reinvocationPolicy") != "IfNeeded":
             continue
         earlier = [after for p, after in ran if p is policy]
-        if earlier and earlier[-1] == current:
+        if not earlier or earlier[-1] == current:
             continue
-        if matches(policy, current):
-            binding = bindings[policy["metadata"]["name"]]
-            current = mutate(policy, params_for(binding, objects), current)
+        params = params_for(bindings[policy["metadata"]["name"]], objects)
+        if matches(policy, params, current):
+            current = mutate(policy, params, current)
     return current
-
-
-# --- KubeVirt's plugin CEL ---------------------------------------------------------------
-
-# Go field path -> JSON path, for the VMI fields the Plugin's CEL may use. This mirrors
-# KubeVirt's plugin environment (cel-go ext.NativeTypes over v1.VirtualMachineInstance):
-# fields carry their Go names, ObjectMeta's fields are promoted (vmi.Annotations, not
-# vmi.ObjectMeta.Annotations), and a Go map the JSON leaves out is nil, which CEL reads
-# as an empty map. Nothing outside this map exists in the view, so an expression using a
-# JSON name (vmi.spec) or an unlisted field fails to evaluate, as it fails to compile in
-# KubeVirt.
-VMI_GO_FIELDS: dict[str, tuple[str, ...]] = {
-    "Name": ("metadata", "name"),
-    "Namespace": ("metadata", "namespace"),
-    "Labels": ("metadata", "labels"),
-    "Annotations": ("metadata", "annotations"),
-    "Spec.Domain.Resources.Requests": ("spec", "domain", "resources", "requests"),
-    "Spec.Domain.Resources.Limits": ("spec", "domain", "resources", "limits"),
-}
-_GO_MAPS = {
-    "Labels",
-    "Annotations",
-    "Spec.Domain.Resources.Requests",
-    "Spec.Domain.Resources.Limits",
-}
-
-
-def go_view(vmi: dict[str, Any]) -> dict[str, Any]:
-    """The VMI as KubeVirt's plugin CEL sees it, for the fields in ``VMI_GO_FIELDS``."""
-    view: dict[str, Any] = {}
-    for go_path, json_path in VMI_GO_FIELDS.items():
-        value: Any = vmi
-        for part in json_path:
-            value = value.get(part) if isinstance(value, dict) else None
-        if value is None:
-            value = {} if go_path in _GO_MAPS else ""
-        *parents, leaf = go_path.split(".")
-        node = view
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return view
-
-
-def undefined_vmi_fields(expression: str) -> list[str]:
-    """Field paths under ``vmi`` that the Go-named view does not define.
-
-    cel-go type-checks field selections when the expression compiles; cel-python does
-    not (``has(vmi.spec)`` is simply false over a map), so this check does it here.
-    """
-    code = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expression)
-    known = {tuple(path.split(".")) for path in VMI_GO_FIELDS}
-    prefixes = {path[:i] for path in known for i in range(1, len(path) + 1)}
-    undefined = []
-    for match in re.finditer(r"(?<![.\w])vmi((?:\s*\.\s*[A-Za-z_]\w*)+)(\s*\()?", code):
-        segments = tuple(s.strip() for s in match.group(1).split(".")[1:])
-        if match.group(2):  # the last segment is a method: exists(), size(), ...
-            segments = segments[:-1]
-        if segments and segments not in prefixes:
-            undefined.append("vmi." + ".".join(segments))
-    return undefined
-
-
-def plugin_condition(expression: str, vmi: dict[str, Any]) -> bool:
-    """A Plugin condition over a VMI; a non-bool result fails, as KubeVirt requires bool."""
-    undefined = undefined_vmi_fields(expression)
-    assert not undefined, f"undefined field(s) {undefined}: not Go names of the VMI"
-    environment = celpy.Environment()
-    program = environment.program(environment.compile(expression))
-    result = program.evaluate({"vmi": celpy.json_to_cel(go_view(vmi))})  # type: ignore[attr-defined]
-    assert isinstance(result, celpy.celtypes.BoolType), f"condition returned {result!r}"
-    return bool(result)
-
-
-_KUBEVIRT_VARIABLES = {"vmi", "domainSpec"}
-_CEL_WORDS = {"true", "false", "null", "in", "has"}
-
-
-def kubevirt_cel_problems(expression: str) -> list[str]:
-    """What keeps a KubeVirt plugin expression from compiling in KubeVirt's environment.
-
-    Only ``vmi`` and ``domainSpec`` exist, and both are Go structs: the first segment
-    after them is an exported (upper-case) Go field name.
-    """
-    code = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expression)
-    bound = set(re.findall(r"\.\w+\(\s*([A-Za-z_]\w*)\s*,", code))  # comprehension vars
-    problems = []
-    for name in re.findall(r"(?<![.\w])([A-Za-z_]\w*)(?!\s*\()", code):
-        if name not in _KUBEVIRT_VARIABLES | _CEL_WORDS | bound:
-            problems.append(f"unknown variable {name!r} (only vmi and domainSpec exist)")
-    for variable, field in re.findall(r"(?<![.\w])(vmi|domainSpec)\.([A-Za-z_]\w*)", code):
-        if not field[0].isupper():
-            problems.append(f"{variable}.{field}: a JSON name; KubeVirt uses Go field names")
-    return problems

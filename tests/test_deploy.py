@@ -1,9 +1,9 @@
 """The install package (deploy/) and the Helm chart, rendered by the real kubectl and helm.
 
-Every overlay and chart variant is rendered once per session (tests.k8s_render), every
+Every overlay and chart variant is rendered once per session (tests.k8s_render) and every
 Kubernetes object is validated strictly against the Kubernetes versions its overlay
-targets (kubernetes-validate), and every admission policy is run over a captured
-virt-launcher pod (tests.k8s_policy) to check what it really does to the pod.
+targets (kubernetes-validate). What the admission policies do to virt-launcher pods is
+decided by a real API server: tests/test_cluster.py installs every variant on one.
 """
 
 from __future__ import annotations
@@ -20,60 +20,41 @@ import pytest
 import yaml
 
 from hook_sidecar import __version__
+from hook_sidecar.pci import PciAddress, PciAddressError
 from tests import k8s_render as render
-from tests.conftest import ROOT, run_cli
-from tests.k8s_policy import admit
+from tests.conftest import ROOT
 
-POD = yaml.safe_load((ROOT / "tests" / "data" / "virt-launcher-pod.yaml").read_text())
 OVERLAYS = sorted(p.name for p in render.OVERLAYS.iterdir())
 OTHER_IMAGE = "registry.example.com/platform/qat-hook:9.8.7"
-DEVICE = "0000:3d:02.2"
-CHOICES = [(r, s, a) for r in render.ROUTES for s in render.SOURCES for a in render.APIS]
+DEVICES = ("0000:3d:02.2", "3d:02.3")
 KUBEVIRT_KINDS = {"Plugin"}  # no schema here: checked by shape in test_plugin.py
+STATIC_PLACEHOLDER = "static_devices_not_set__set_spec_variables_0_of_qat_hook_static"
 
 
 def rendered(name: str) -> list[dict[str, Any]]:
     """An overlay as it is installed; static overlays with the devices a user sets."""
     if render.overlay_choices(name)[1] == "static":
-        return render.parse(render.wrapped_overlay_text(name, devices=DEVICE))
+        return render.parse(render.wrapped_overlay_text(name, devices=DEVICES))
     return render.kustomize(render.OVERLAYS / name)
-
-
-def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
-    matches: list[dict[str, Any]] = [c for c in pod["spec"]["containers"] if c["name"] == name]
-    assert len(matches) == 1, f"{len(matches)} containers named {name}"
-    return matches[0]
-
-
-def annotation_pod(tag: str = "0.0.9") -> dict[str, Any]:
-    """The pod KubeVirt makes for an annotated VMI: our image, and another hook's sidecar."""
-    pod: dict[str, Any] = copy.deepcopy(POD)
-    pod["spec"]["volumes"] = [
-        v for v in pod["spec"]["volumes"] if v["name"] != "kubevirt-plugin-sockets"
-    ]
-    pod["spec"]["containers"] += [
-        {"name": "hook-sidecar-0", "image": f"{render.DEFAULT_REPOSITORY}:{tag}"},
-        {"name": "hook-sidecar-1", "image": "example.com/other-hook:1"},
-    ]
-    return pod
 
 
 # --- the package's shape --------------------------------------------------------------------
 
 
-def test_one_overlay_per_route_source_and_api() -> None:
-    assert sorted(render.overlay_name(*choice) for choice in CHOICES) == OVERLAYS
+def test_one_overlay_per_route_source_api_and_flavor() -> None:
+    assert sorted(render.overlay_name(*choice) for choice in render.all_choices()) == OVERLAYS
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_overlay_first_comment_says_what_it_needs(name: str) -> None:
-    route, source, api = render.overlay_choices(name)
+    route, source, api, flavor = render.overlay_choices(name)
     text = (render.OVERLAYS / name / "kustomization.yaml").read_text()
     head = text.split("apiVersion:", 1)[0]
     assert head.startswith("# Needs: Kubernetes " + ("1.36+" if api == "v1" else "1.34-1.35"))
     assert ("Plugins" if route == "plugin" else "Sidecar") in head
     assert "ReservedOverheadMemlock" in head
-    assert {"podresources": "PodResources", "dra": "DRA", "static": "data.devices"}[source] in head
+    assert {"podresources": "PodResources", "dra": "DRA", "static": "devices"}[source] in head
+    assert ("shim flavor" in head) == (flavor == "shim")
     assert f"kubectl apply -k deploy/overlays/{name}\n" in head
 
 
@@ -107,7 +88,8 @@ def test_v1_policies_do_not_exist_before_1_36() -> None:
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_image_is_named_once(name: str) -> None:
-    default = f"{render.DEFAULT_REPOSITORY}:{__version__}"
+    shim = "-shim" if render.overlay_choices(name)[3] == "shim" else ""
+    default = f"{render.DEFAULT_REPOSITORY}:{__version__}{shim}"
     text = render.kustomize_text(render.OVERLAYS / name)
     assert text.count(render.DEFAULT_REPOSITORY) == 1
     params = render.one(render.parse(text), "ConfigMap")
@@ -132,159 +114,100 @@ def test_chart_image_is_named_once(route: str) -> None:
     assert default.count(f"{render.DEFAULT_REPOSITORY}:{__version__}") == 1
 
 
-# --- what the policies do to a virt-launcher pod ---------------------------------------------
+# --- what the policies select (their effect is tested on a real API server: test_cluster.py) -
 
 
-@pytest.mark.parametrize("name", OVERLAYS)
-def test_policies_are_idempotent_and_order_free(name: str) -> None:
-    objects = rendered(name)
-    pod = POD if name.startswith("plugin-") else annotation_pod()
-    once = admit(objects, pod)
-    assert once != pod
-    assert admit(objects, pod, reverse=True) == once
-    assert admit(objects, once) == once
+def policies_of(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return render.of_kind(objects, "MutatingAdmissionPolicy")
 
 
-@pytest.mark.parametrize("name", [o for o in OVERLAYS if o.startswith("plugin-")])
-def test_plugin_route_adds_a_restricted_sidecar(name: str) -> None:
-    objects = rendered(name)
-    params = render.one(objects, "ConfigMap")["data"]
-    hook = container(admit(objects, POD), "qat-hook")
-    assert hook["image"] == params["image"]
-    assert hook["imagePullPolicy"] == params["imagePullPolicy"]
-    assert hook["resources"]["limits"] == {"cpu": "200m", "memory": "64Mi"}
-    assert hook["resources"]["requests"] == {"cpu": "20m", "memory": "48Mi"}
-    security = hook["securityContext"]
-    assert security["runAsNonRoot"] is True and security["runAsUser"] == 107
-    assert security["allowPrivilegeEscalation"] is False
-    assert security["readOnlyRootFilesystem"] is True
-    assert security["capabilities"] == {"drop": ["ALL"]}
-    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
-    # Pods that are not virt-launcher pods with the plugin volume are left alone.
-    plain = copy.deepcopy(POD)
-    plain["spec"]["volumes"] = [
-        v for v in plain["spec"]["volumes"] if v["name"] != "kubevirt-plugin-sockets"
-    ]
-    plain["spec"]["resourceClaims"] = []
-    assert admit(objects, plain) == plain
-    other = copy.deepcopy(POD)
-    other["metadata"]["labels"] = {"app": "web"}
-    assert admit(objects, other) == other
+def every_install() -> list[tuple[str, list[dict[str, Any]]]]:
+    """Every overlay and chart variant, rendered as installed."""
+    installs = [(f"overlay:{name}", rendered(name)) for name in OVERLAYS]
+    for route, source, api, flavor in render.all_choices():
+        if api == "v1":
+            installs.append((f"chart:{route}-{source}-{flavor}", chart(route, source, flavor)))
+    return installs
 
 
-@pytest.mark.parametrize("name", [o for o in OVERLAYS if o.startswith("annotation-")])
-def test_annotation_route_touches_only_our_sidecars(name: str) -> None:
-    objects = rendered(name)
-    assert not render.of_kind(objects, "Plugin")
-    pod = admit(objects, annotation_pod())
-    assert "qat-hook" not in [c["name"] for c in pod["spec"]["containers"]]
-    assert container(pod, "hook-sidecar-0") != {
-        "name": "hook-sidecar-0",
-        "image": f"{render.DEFAULT_REPOSITORY}:0.0.9",
-    }
-    assert container(pod, "hook-sidecar-1") == {
-        "name": "hook-sidecar-1",
-        "image": "example.com/other-hook:1",
-    }
-    # The repository in the params decides, not the tag: after an image change the old
-    # repository's sidecars get nothing and the new one's are served.
-    static = render.overlay_choices(name)[1] == "static"
-    moved_text = render.wrapped_overlay_text(
-        name, image=OTHER_IMAGE, devices=DEVICE if static else None
-    )
-    moved = render.parse(moved_text)
-    old = annotation_pod()
-    assert admit(moved, old) == old
-    new = copy.deepcopy(old)
-    new["spec"]["containers"][-2]["image"] = OTHER_IMAGE.rsplit(":", 1)[0] + ":1.0"
-    assert container(admit(moved, new), "hook-sidecar-0") != new["spec"]["containers"][-2]
+def chart(route: str, source: str, flavor: str = "server", api: str = "v1") -> list[dict[str, Any]]:
+    args = render.helm_args(route, source, api, flavor)
+    if source == "static":  # the last --set wins
+        args = (*args, "--set", "staticDevices={" + ",".join(DEVICES) + "}")
+    return render.parse(render.helm_text(*args))
 
 
-def targets(name: str, pod: dict[str, Any]) -> list[dict[str, Any]]:
-    hook = "qat-hook" if name.startswith("plugin-") else "hook-sidecar-0"
-    return [container(pod, hook)]
+@pytest.mark.parametrize(("name", "objects"), every_install(), ids=[n for n, _ in every_install()])
+def test_every_policy_selects_the_same_pods(name: str, objects: list[dict[str, Any]]) -> None:
+    """One selection (issue: VMs that want no VF pay nothing), guarded against absent fields."""
+    selections = set()
+    for policy in policies_of(objects):
+        variables = {v["name"]: v["expression"] for v in policy["spec"].get("variables", [])}
+        conditions = {c["name"]: c["expression"] for c in policy["spec"]["matchConditions"]}
+        selections.add(conditions["wants-qat"])
+        assert policy["spec"]["failurePolicy"] == "Fail"
+        for expression in [*variables.values(), *conditions.values()]:
+            for optional in ("volumes", "resourceClaims", "annotations"):
+                if f"object.spec.{optional}." in expression or f"metadata.{optional}" in expression:
+                    assert f"has(object.spec.{optional})" in expression or (
+                        f"has(object.metadata.{optional})" in expression
+                    ), f"{policy['metadata']['name']}: {optional} read without has()"
+    assert len(selections) == 1, selections
+    assert "params.data.resourcePattern" in selections.pop()
+    assert "qat.intel.com" not in json.dumps(policies_of(objects))  # the pattern is a parameter
 
 
-@pytest.mark.parametrize("name", [o for o in OVERLAYS if "-podresources" in o])
-def test_podresources_source(name: str) -> None:
-    objects = rendered(name)
-    pod = admit(objects, POD if name.startswith("plugin-") else annotation_pod())
-    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "qat-hook-pod-resources")
-    assert volume["hostPath"] == {"path": "/var/lib/kubelet/pod-resources", "type": "Directory"}
-    for hook in targets(name, pod):
-        mount = next(m for m in hook["volumeMounts"] if m["name"] == "qat-hook-pod-resources")
-        assert mount == {
-            "name": "qat-hook-pod-resources",
-            "mountPath": "/var/lib/kubelet/pod-resources",
-            "readOnly": True,
-        }
-        env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in hook["env"]}
-        assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
-    assert "hostPath" not in json.dumps(container(pod, "compute"))
+def plugin_patterns(objects: list[dict[str, Any]]) -> list[str]:
+    condition = render.one(objects, "Plugin")["spec"]["condition"]
+    return re.findall(r'matches\(r"([^"]*)"\)', condition)
 
 
-@pytest.mark.parametrize("name", [o for o in OVERLAYS if "-dra" in o])
-def test_dra_source_shares_the_claim(name: str) -> None:
-    objects = rendered(name)
-    start = POD if name.startswith("plugin-") else annotation_pod()
-    pod = admit(objects, start)
-    for hook in [*targets(name, pod), container(pod, "compute")]:
-        assert hook["resources"]["claims"] == [{"name": "qat"}]
-    # compute keeps everything else it had
-    assert container(pod, "compute")["resources"]["limits"]["qat.intel.com/generic"] == "1"
-    without_claim = copy.deepcopy(start)
-    del without_claim["spec"]["resourceClaims"]
-    assert "claims" not in json.dumps(admit(objects, without_claim))
+@pytest.mark.parametrize(
+    ("name", "objects"),
+    [i for i in every_install() if ":plugin-" in i[0]],
+    ids=[n for n, _ in every_install() if ":plugin-" in n],
+)
+def test_plugin_condition_holds_the_params_pattern(
+    name: str, objects: list[dict[str, Any]]
+) -> None:
+    pattern = render.one(objects, "ConfigMap")["data"]["resourcePattern"]
+    assert pattern == "^qat\\.intel\\.com/"
+    assert plugin_patterns(objects) == [pattern, pattern]
 
 
-def transform_example(env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
-    """The real CLI on the bundled VMI and domain, with the environment a policy gave."""
-    return run_cli(
-        "transform",
-        "examples/domain.xml",
-        "--vmi",
-        "examples/vmi.json",
-        "--verify-sysfs",
-        "off",
-        env=env,
-    )
+def test_a_new_resource_pattern_reaches_the_plugin_and_the_policies() -> None:
+    """Set once, as deploy/README.md says (kustomize) or as one value (chart)."""
+    pattern = "^(qat\\.intel\\.com|intel\\.com)/q"
+    overlay = render.parse(render.wrapped_overlay_text("plugin-dra", resource_pattern=pattern))
+    values = ("--set-json", f"resourcePattern={json.dumps(pattern)}")
+    helm = render.parse(render.helm_text(*render.helm_args("plugin", "dra", "v1"), *values))
+    for objects in (overlay, helm):
+        assert render.one(objects, "ConfigMap")["data"]["resourcePattern"] == pattern
+        assert plugin_patterns(objects) == [pattern, pattern]
 
 
-@pytest.mark.parametrize("name", [o for o in OVERLAYS if "-static" in o])
-def test_static_source_reaches_the_hook(name: str) -> None:
-    objects = rendered(name)
-    pod = admit(objects, POD if name.startswith("plugin-") else annotation_pod())
-    for hook in targets(name, pod):
-        env = {e["name"]: e["value"] for e in hook["env"]}
-        assert env == {"QAT_HOOK_DEVICES": DEVICE}
-        # The real CLI, with that environment, injects exactly that VF.
-        result = transform_example(env)
-        assert result.returncode == 0, result.stderr
-        assert b'bus="0x3d" slot="0x02" function="0x2"' in result.stdout
-
-
-def test_static_without_devices_names_no_device() -> None:
-    """An unset devices key reaches the hook as an empty QAT_HOOK_DEVICES: no address.
-
-    The real CLI with that environment finds nothing for a VMI that asks, and fails
-    (the VM would not start) rather than inventing a VF.
-    """
-    objects = render.kustomize(render.OVERLAYS / "plugin-static")
-    hook = container(admit(objects, POD), "qat-hook")
-    assert hook["env"] == [{"name": "QAT_HOOK_DEVICES", "value": ""}]
-    result = transform_example({"QAT_HOOK_DEVICES": ""})
-    assert result.returncode != 0
-    assert b"<hostdev" not in result.stdout
+def test_static_overlays_carry_no_address_until_the_user_sets_one() -> None:
+    """Rendered as shipped, the devices variable is a placeholder the API server refuses."""
+    for name in [o for o in OVERLAYS if "-static" in o]:
+        policy = next(
+            p for p in policies_of(render.kustomize(render.OVERLAYS / name))
+            if p["metadata"]["name"] == "qat-hook-static"
+        )  # fmt: skip
+        devices = policy["spec"]["variables"][0]
+        assert devices["name"] == "devices"
+        assert devices["expression"] == STATIC_PLACEHOLDER
 
 
 # --- the Helm chart -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("route", "source", "api"), CHOICES)
-def test_chart_renders_what_kustomize_renders(route: str, source: str, api: str) -> None:
-    name = render.overlay_name(route, source, api)
+@pytest.mark.parametrize(("route", "source", "api", "flavor"), render.all_choices())
+def test_chart_renders_what_kustomize_renders(
+    route: str, source: str, api: str, flavor: str
+) -> None:
+    name = render.overlay_name(route, source, api, flavor)
     expected = [o for o in rendered(name) if o["kind"] != "Namespace"]
-    assert render.by_key(render.helm(route, source, api)) == render.by_key(expected)
+    assert render.by_key(chart(route, source, flavor, api)) == render.by_key(expected)
 
 
 @pytest.mark.parametrize("route", render.ROUTES)
@@ -299,11 +222,17 @@ def test_chart_picks_the_admission_api_from_the_cluster(route: str) -> None:
     assert versions(*override) == {"admissionregistration.k8s.io/v1"}
 
 
-@pytest.mark.parametrize("route", render.ROUTES)
+@pytest.mark.parametrize(
+    ("route", "flavor"), [("plugin", "server"), ("annotation", "server"), ("annotation", "shim")]
+)
 @pytest.mark.parametrize("source", render.SOURCES)
-def test_helm_lint_is_clean(route: str, source: str) -> None:
+def test_helm_lint_is_clean(route: str, source: str, flavor: str) -> None:
     out = render.run(
-        render.tool("helm"), "lint", "--strict", render.CHART, *render.helm_args(route, source)
+        render.tool("helm"),
+        "lint",
+        "--strict",
+        render.CHART,
+        *render.helm_args(route, source, None, flavor),
     )
     assert "0 chart(s) failed" in out
     assert "[WARNING]" not in out and "[ERROR]" not in out
@@ -314,13 +243,50 @@ def test_helm_lint_is_clean(route: str, source: str) -> None:
     [
         (("--set", "addressSource=static"), "addressSource=static needs staticDevices"),
         (("--set", "route=webhook"), "route"),
-        (("--set", "staticDevices={3d:02.2}"), "staticDevices"),
+        (("--set", "staticDevices={3d:02.8}"), "staticDevices"),
+        (("--set", "flavor=shim"), "flavor=shim needs route=annotation"),
+        (("--set", "flavor=fat"), "flavor"),
+        (("--set-string", 'resourcePattern=qat"x'), "resourcePattern"),
         (("--set", "admissionApiVersion=v1alpha1"), "admissionApiVersion"),
     ],
 )
 def test_chart_refuses_bad_values(values: tuple[str, ...], message: str) -> None:
     with pytest.raises(AssertionError, match=re.escape(message)):
         render.helm_text(*values)
+
+
+# Spellings around the CLI's rule (hook_sidecar.pci): domain optional, 1-2 digit bus and
+# slot (slot up to 0x1f), function 0-7, hex in any case.
+ADDRESSES = [
+    "0000:3d:02.2", "3d:02.2", "3D:1f.7", "0:0:0.0", "ffff:ff:1f.7", "d:2.2", "3d:2.2",
+    "3d:02.8", "3d:20.0", "10000:3d:02.2", "3d:02", "0000:3d:02.2.1", "3d-02.2", "3d:002.2",
+    "g0:00.0", "", "0x3d:02.2",
+]  # fmt: skip
+
+
+def cli_accepts(address: str) -> bool:
+    try:
+        PciAddress.parse(address)
+    except PciAddressError:
+        return False
+    return True
+
+
+def test_chart_accepts_exactly_the_addresses_the_cli_accepts() -> None:
+    """One rule for static addresses: the chart's schema and qat-hook --device agree."""
+    base = ("--set", "addressSource=static", "--set", "admissionApiVersion=v1")
+    verdicts = {}
+    for address in ADDRESSES:
+        result = subprocess.run(
+            [str(render.tool("helm")), "template", "q", str(render.CHART), *base,
+             "--set-json", f"staticDevices={json.dumps([address])}"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        verdicts[address] = result.returncode == 0
+        if result.returncode != 0:
+            assert "staticDevices" in result.stderr, result.stderr
+    assert verdicts == {a: cli_accepts(a) for a in ADDRESSES}
+    assert sum(verdicts.values()) >= 5  # the list holds both kinds
 
 
 @pytest.mark.parametrize("route", render.ROUTES)
@@ -351,6 +317,8 @@ def test_one_version_everywhere() -> None:
     assert chart["version"] == __version__
     params = yaml.safe_load((render.DEPLOY / "base/common/params.yaml").read_text())
     assert params["data"]["image"] == f"{render.DEFAULT_REPOSITORY}:{__version__}"
+    shim = yaml.safe_load((render.DEPLOY / "components/flavor-shim/kustomization.yaml").read_text())
+    assert shim["images"] == [{"name": render.DEFAULT_REPOSITORY, "newTag": f"{__version__}-shim"}]
     makefile = (ROOT / "Makefile").read_text()
     assert f"IMAGE ?= {render.DEFAULT_REPOSITORY}\n" in makefile
     assert "TAG ?= $(shell sed -n 's/^__version__" in makefile  # the tag is read from the package
@@ -392,8 +360,11 @@ def test_gate_patches_add_to_the_list(patch: str, gates: list[str]) -> None:
 
 def test_readme_installs_every_overlay_in_one_command() -> None:
     readme = (ROOT / "README.md").read_text()
-    commands = set(re.findall(r"kubectl apply -k deploy/overlays/([\w.-]+)", readme))
-    assert commands == set(OVERLAYS)
+    commands = set(
+        re.findall(r"kubectl apply (?:--server-side )?-k deploy/overlays/([\w.-]+)", readme)
+    )
+    assert commands <= set(OVERLAYS)
+    assert {o for o in OVERLAYS if "-shim" not in o} <= commands
     for patch in re.findall(r"deploy/gates/([\w.-]+\.json)", readme):
         assert (render.DEPLOY / "gates" / patch).is_file(), patch
 

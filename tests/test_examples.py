@@ -12,6 +12,7 @@ import yaml
 
 from hook_sidecar import vmi as vmis
 from hook_sidecar.cli import build_parser
+from hook_sidecar.pci import PciAddress
 from tests.conftest import EXAMPLES, ROOT
 
 SIDECAR_KEYS = {"image", "imagePullPolicy", "command", "args", "configMap", "pvc"}
@@ -141,4 +142,46 @@ def test_static_pinning_pins_node_and_device() -> None:
     assert vmi["spec"]["nodeSelector"]
     args = json.loads(vmi["metadata"]["annotations"]["hooks.kubevirt.io/hookSidecars"])[0]["args"]
     parsed = build_parser({}).parse_args(["serve", *args])
-    assert parsed.device == ["0000:3d:02.2"]
+    devices = [d if isinstance(d, PciAddress) else PciAddress.parse(d) for d in parsed.device]
+    assert devices == [PciAddress.parse("0000:3d:02.2")]
+
+
+def qat_resources(spec: dict[str, Any]) -> set[str]:
+    resources = spec["domain"].get("resources", {})
+    return {
+        r for section in ("requests", "limits") for r in resources.get(section, {}) if "qat" in r
+    }
+
+
+def test_one_resource_name_across_examples() -> None:
+    names: set[str] = set()
+    for path in YAML_FILES:
+        for doc in documents(path):
+            pair = vmi_like(doc)
+            if pair:
+                names |= qat_resources(pair[1])
+    assert names == {"qat.intel.com/generic"}
+
+
+def test_plugin_route_has_a_virtual_machine_you_can_log_in_to() -> None:
+    """The recommended route's VM: no annotation, asks for a VF, cloud-init login for lspci."""
+    (vm,) = documents(EXAMPLES / "plugin" / "vm-qat.yaml")
+    assert vm["kind"] == "VirtualMachine"
+    metadata, spec = vmi_like(vm) or ({}, {})
+    assert "hooks.kubevirt.io/hookSidecars" not in metadata.get("annotations", {})
+    request = vmis.read_request(
+        {"metadata": metadata, "spec": spec}, vmis.DEFAULT_RESOURCE_PATTERNS, False
+    )
+    assert request.wanted and request.expected == 1
+    assert spec["domain"]["memory"]["reservedOverhead"]["memLock"] == "Required"
+    assert spec["evictionStrategy"] == "None"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    cloud_config = yaml.safe_load(volumes["cloudinitdisk"]["cloudInitNoCloud"]["userData"])
+    (user,) = cloud_config["users"]
+    assert user["ssh_authorized_keys"] == ["ssh-ed25519 REPLACE-WITH-YOUR-PUBLIC-KEY"]
+    assert "pciutils" in cloud_config["packages"]
+    disks = {d["name"] for d in spec["domain"]["devices"]["disks"]}
+    assert disks == set(volumes)
+    text = (EXAMPLES / "plugin" / "vm-qat.yaml").read_text()
+    assert f"virtctl ssh {user['name']}@vm/{vm['metadata']['name']}" in text
+    assert "REPLACE-WITH-YOUR-PUBLIC-KEY|$(cat ~/.ssh/" in text  # how to set the key
