@@ -18,35 +18,37 @@ The scaling table grows one dimension of a domain (comments, elements,
 attributes) by 1k, 10k and 100k: time per KB stays roughly flat when no step
 grows faster than the input. The NUMA lines are ``bench_numa.py``'s
 (placement on vs off on KubeVirt's guest-NUMA domain, and ``numa.place``
-alone). ``--baseline FILE`` times another copy of ``transform.py`` (say, the
-last release's) in the same interleaved rounds, for a before/after.
+alone). ``--baseline DIR`` times another copy of the ``hook_sidecar`` package
+(say, the last release's) in the same interleaved rounds, for a before/after.
 
     python benchmarks/bench_transform.py [--rounds N] [--json] [--no-scaling]
-        [--no-numa] [--baseline FILE]
+        [--no-numa] [--baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 from lxml import etree
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hook_sidecar import transform as transform_module  # noqa: E402
 from hook_sidecar.hostdevs import HostDevice  # noqa: E402
 from hook_sidecar.pci import PciAddress  # noqa: E402
-from hook_sidecar.transform import transform  # noqa: E402
+from hook_sidecar.transform import check_output, transform  # noqa: E402
 
 DEVICES = [HostDevice(PciAddress.parse("0000:3d:02.2"))]
 SIZES = (1_000, 10_000, 100_000)
@@ -181,14 +183,29 @@ def kubevirt_domain() -> bytes:
     return data.replace("</domain>", _KUBEVIRT_TUNING.format(pins=pins) + "</domain>").encode()
 
 
-def load_baseline(path: Path) -> ModuleType:
-    """Another copy of ``transform.py`` (imports resolve to this tree's other modules)."""
-    spec = importlib.util.spec_from_file_location("baseline_transform", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@dataclass(frozen=True)
+class Baseline:
+    """Another copy of the package: its transform, its last guard, and the devices it takes."""
+
+    transform: Callable[..., Any]
+    guard: Callable[[Any], object]
+    devices: list[Any]
+
+
+def load_baseline(path: Path) -> Baseline:
+    """Another ``hook_sidecar`` package directory, imported as ``baseline_hook_sidecar``."""
+    into = Path(tempfile.mkdtemp())
+    target = into / "baseline_hook_sidecar"
+    shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__"))
+    for source in target.rglob("*.py"):
+        source.write_text(source.read_text().replace("hook_sidecar", "baseline_hook_sidecar"))
+    sys.path.insert(0, str(into))
+    module = importlib.import_module("baseline_hook_sidecar.transform")
+    hostdevs = importlib.import_module("baseline_hook_sidecar.hostdevs")
+    pci = importlib.import_module("baseline_hook_sidecar.pci")
+    devices = [hostdevs.HostDevice(pci.PciAddress.parse("0000:3d:02.2"))]
+    guard = getattr(module, "check_output", None) or module._verify
+    return Baseline(module.transform, lambda result: guard(result.xml, result.added), devices)
 
 
 def batch_us(function: Callable[[], object], batch: int) -> float:
@@ -209,12 +226,12 @@ def measure(
     rounds: int = 31,
     batch: int = 200,
     data: bytes | None = None,
-    baseline: ModuleType | None = None,
+    baseline: Baseline | None = None,
 ) -> dict[str, float]:
     """Medians over ``rounds``; each round times a batch of each, back to back.
 
     ``data`` is the domain (the bundled example when None); ``baseline`` another
-    transform module, timed in the same rounds.
+    package's transform, timed in the same rounds.
 
     Interleaving keeps the ratio honest on a shared, noisy machine: whatever slows
     one batch down slows its neighbour too.
@@ -227,7 +244,7 @@ def measure(
         return transform(data, DEVICES)
 
     def guard() -> None:
-        transform_module._verify(result.xml, result.added)
+        check_output(result.xml, result.added)
 
     functions: dict[str, Callable[[], object]] = {
         "transform": hook,
@@ -235,9 +252,9 @@ def measure(
         "guard": guard,
     }
     if baseline is not None:
-        functions["baseline"] = lambda: baseline.transform(data, DEVICES)
-        old = baseline.transform(data, DEVICES)
-        functions["baseline_guard"] = lambda: baseline._verify(old.xml, old.added)
+        functions["baseline"] = lambda: baseline.transform(data, baseline.devices)
+        old = baseline.transform(data, baseline.devices)
+        functions["baseline_guard"] = lambda: baseline.guard(old)
     for function in functions.values():
         batch_us(function, batch)  # warm caches and the parser
     times: dict[str, list[float]] = {name: [] for name in functions}
@@ -327,7 +344,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
     parser.add_argument("--no-numa", action="store_true", help="skip the NUMA lines")
-    parser.add_argument("--baseline", type=Path, help="another transform.py to time alongside")
+    parser.add_argument("--baseline", type=Path, help="another hook_sidecar package to time too")
     args = parser.parse_args()
     baseline = load_baseline(args.baseline) if args.baseline else None
     domains = {

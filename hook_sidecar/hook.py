@@ -94,7 +94,7 @@ def on_define_domain(
         from hook_sidecar.transform import transform
 
         devices = host_devices(decided, settings.guest_addresses)
-        result = transform(domain_xml, devices, settings.transform)
+        result = transform(domain_xml, devices, settings.transform, decided.host_cpus)
         output = result.xml
     return HookOutcome(
         domain_xml=output,

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from hook_sidecar.libvirt_values import Budget, cpuset, number
 from hook_sidecar.pci import PciAddress
 
 DEFAULT_ROOT = Path("/sys")
@@ -93,3 +94,35 @@ def numa_node(address: PciAddress, root: Path) -> tuple[int | None, str]:
     if node < 0:
         return None, f"{path} is {node}: the host reports no NUMA node"
     return node, "sysfs"
+
+
+MAX_NODES = 1024
+"""NUMA node numbers read: below this, more than any host has."""
+
+
+def host_cpu_nodes(root: Path) -> dict[int, int]:
+    """This host's CPU -> NUMA node map, from ``devices/system/node/node*/cpulist``.
+
+    Guest NUMA placement needs it when a domain maps its cells to host nodes
+    only through vCPU pinning. Empty when sysfs shows no nodes. Bounded: at
+    ``MAX_NODES`` nodes, 64 KiB per file, and one cpuset budget.
+    """
+    base = root / "devices" / "system" / "node"
+    cpus: dict[int, int] = {}
+    budget = Budget()
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return cpus
+    for name in entries:
+        node = number(name[4:]) if name.startswith("node") else None
+        if node is None or node >= MAX_NODES:
+            continue
+        try:
+            with open(base / name / "cpulist", "rb") as handle:
+                text = handle.read(65536).decode("ascii", "replace")
+        except OSError:
+            continue
+        for cpu in cpuset(text, budget=budget) or ():
+            cpus.setdefault(cpu, node)
+    return cpus

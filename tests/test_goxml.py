@@ -20,12 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hook_sidecar.errors import InvalidInput
 from hook_sidecar.hostdevs import HostDevice, TransformOptions
 from hook_sidecar.pci import PciAddress
 from hook_sidecar.transform import transform
 from tests.ci import skip_or_fail
 from tests.conftest import ROOT
-from tests.domains import GeneratedDomain, canonical, domains, pci_addresses
+from tests.support.domains import GeneratedDomain, canonical, domains, pci_addresses
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,22 @@ def test_kubevirt_converter_domains_as_go_reads_them(goxml: Path, path: Path) ->
     ]
     aliases = frozenset(added.alias for added in result.added)
     assert canonical(result.xml, aliases) == canonical(domain)
+
+
+NAMESPACED = (
+    b'<domain type="kvm" xmlns:q="urn:q"><name>vm</name><devices>'
+    b'<hostdev mode="subsystem" q:type="pci" managed="no"><source>'
+    b'<address domain="0x0000" q:bus="0x3e" bus="0x3d" slot="0x02" function="0x2"></address>'
+    b"</source></hostdev></devices></domain>"
+)
+
+
+def test_go_reads_namespaced_attributes_by_local_name_and_the_hook_refuses_them(
+    goxml: Path,
+) -> None:
+    """Go's encoding/xml reads ``q:type`` as ``type`` and the last ``bus`` (libvirt the first)."""
+    (hostdev,) = go_read(goxml, NAMESPACED)
+    assert hostdev["type"] == "pci"
+    assert hostdev["source"]["address"]["bus"] == "0x3d"
+    with pytest.raises(InvalidInput, match="in a namespace"):
+        transform(NAMESPACED, [HostDevice(PciAddress.parse("3d:02.2"))])

@@ -87,7 +87,11 @@ class Recorder:
     calls: list[tuple[bytes, list[HostDevice], TransformOptions]] = field(default_factory=list)
 
     def __call__(
-        self, domain_xml: bytes, devices: list[HostDevice], options: TransformOptions
+        self,
+        domain_xml: bytes,
+        devices: list[HostDevice],
+        options: TransformOptions,
+        host_cpus: object = None,
     ) -> TransformResult:
         self.calls.append((domain_xml, devices, options))
         return self.result
@@ -147,7 +151,7 @@ def test_skipped_when_nothing_is_found_passes_through(recorder: Recorder) -> Non
     assert outcome.domain_xml is DOMAIN
     assert outcome.result is None
     assert len(outcome.warnings) == 1
-    assert "no device address was found" in outcome.warnings[0]
+    assert "but none was found in" in outcome.warnings[0]
 
 
 MIGRATION_REFUSED = (

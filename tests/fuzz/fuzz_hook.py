@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports(include=["hook_sidecar"]):
+    import hook_sidecar.domain_xml
+    import hook_sidecar.libvirt_values
     import hook_sidecar.numa
     import hook_sidecar.transform  # noqa: F401  (imported for its instrumentation)
     from hook_sidecar.discovery import DiscoveryConfig

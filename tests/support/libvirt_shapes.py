@@ -19,7 +19,7 @@ from lxml import etree
 from hook_sidecar.hostdevs import HostDevice
 from hook_sidecar.pci import PciAddress
 
-FIXTURES = Path(__file__).resolve().parent / "data" / "kubevirt-domains"
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "kubevirt-domains"
 """Copies of the domains KubeVirt's converter wrote (see the contract, section 9)."""
 CPUS_PER_NODE = 32
 
@@ -96,6 +96,13 @@ def _replace_numa(root: etree._Element, backing: tuple[int, ...], memnode: bool)
     assert cputune is not None and numatune is not None
     topology.set("sockets", str(cells))
     vcpu.text = str(2 * cells)
+    vcpus = root.find("vcpus")  # KubeVirt's per-vCPU list (hotplug): one entry per vCPU
+    if vcpus is not None:
+        for child in list(vcpus):
+            vcpus.remove(child)
+        for n in range(2 * cells):
+            enabled = {"id": str(n), "enabled": "yes", "hotpluggable": "no"}
+            etree.SubElement(vcpus, "vcpu", enabled)
     for element in (numa, cputune, numatune):
         for child in list(element):
             element.remove(child)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -191,3 +192,55 @@ def topology_problems(
     if ranges and ranges[-1][2] > 255:
         problems.append(f"bus numbers of {ranges[-1][0]} run past 255: {ranges[-1]}")
     return problems
+
+
+PCIE_PORTS = ("pcie-root-port", "ioh3420", "xio3130-downstream")
+"""QEMU devices that take a PCIe chassis and slot (QEMU refuses two on one pair)."""
+BUSES = ("pxb-pcie", "x3130-upstream", *PCIE_PORTS)
+
+
+def chassis_slots(devices: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
+    """The (chassis, slot) pair of each PCIe port on a QEMU command line."""
+    return [
+        (int(d.get("chassis", 0)), int(d.get("slot", 0)))
+        for d in devices
+        if d.get("driver") in PCIE_PORTS
+    ]
+
+
+def realize_buses(devices: Sequence[dict[str, Any]], cells: int, timeout: float = 60) -> str:
+    """Start real QEMU (stopped, TCG) with just the domain's PCI buses; its error output.
+
+    Only the expander buses and ports are kept (the rest needs host devices or
+    files this machine lacks); QEMU creates them at start-up, which is where it
+    refuses a chassis used twice ("Can't add chassis slot"), then quits.
+    """
+    command = [
+        "qemu-system-x86_64",
+        "-machine",
+        "q35,accel=tcg",
+        "-nodefaults",
+        "-S",
+        "-display",
+        "none",
+        "-monitor",
+        "stdio",
+        "-m",
+        f"{128 * max(cells, 1)}M",
+        "-smp",
+        str(max(cells, 1)),
+    ]
+    for cell in range(cells):
+        command += [
+            "-object",
+            f"memory-backend-ram,id=m{cell},size=128M",
+            "-numa",
+            f"node,nodeid={cell},cpus={cell},memdev=m{cell}",
+        ]
+    for device in devices:
+        if device.get("driver") in BUSES:
+            command += ["-device", json.dumps(device)]
+    done = subprocess.run(
+        command, input=b"quit\n", capture_output=True, timeout=timeout, check=False
+    )
+    return "" if done.returncode == 0 else done.stderr.decode(errors="replace").strip()
