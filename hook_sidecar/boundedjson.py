@@ -1,19 +1,23 @@
-"""JSON with a bound on nesting depth and number size, for input the hook does not control.
+"""JSON read within bounds on nesting, numbers and value count, for input the hook does not control.
 
-The VMI comes over the socket and DRA metadata from files in the pod; Python's
-``json`` recurses once per nesting level (100,000 ``[`` is a RecursionError)
-and ``int()`` refuses more than 4,300 digits with a ValueError. Both would
-surface as internal errors. Here every such document becomes one
-``JsonLimitError`` that names the field where the bound was crossed, decided
-on the parsed value, never on the raw bytes.
+The VMI comes over the socket and DRA metadata from files in the pod. Python's
+``json`` builds the whole document before anyone can look at it: a few MiB of
+``[{},{},...]`` become gigabytes of dicts, 100,000 ``[`` a RecursionError, and
+a 5,000-digit number a ValueError. Here the document is read by the standard
+library's own scanner (``json.scanner.py_make_scanner``, which asks the
+decoder for every object, array, key and number) with each of those steps
+counted as it happens, so a document is refused at the first value past a
+bound, before the rest of it is built. Every refusal is one ``JsonLimitError``
+naming the field where the bound was crossed.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from collections.abc import Callable
+from json import scanner
+from typing import Any
 
 from hook_sidecar.errors import InvalidInput
 
@@ -22,37 +26,27 @@ from hook_sidecar.errors import InvalidInput
 MAX_DEPTH = 64
 # int64 is 19 digits; Kubernetes has no integer field wider than that.
 MAX_NUMBER_CHARS = 40
+MAX_VALUES = 50_000
+"""Objects, arrays, keys, strings, numbers and literals together. A real VMI holds a few
+hundred (KubeVirt's converter fixtures: 58 to 101); each costs Python 50-100 bytes, so
+the bound keeps any accepted document's objects under about 10 MiB."""
 # Keys are shown in messages; a megabyte of key must not become a megabyte of message.
 MAX_KEY_SHOWN = 64
+_PATH_SHOWN = 8
+
+Scan = Callable[[str, int], tuple[Any, int]]
 
 
 class JsonLimitError(InvalidInput):
-    """The document is JSON, but nests too deep, holds a huge number, or is not JSON."""
+    """The document nests too deep, holds a huge number or too many values, or is not JSON."""
 
 
-@dataclass(frozen=True)
-class _Rejected:
-    """Stands in for a number that cannot be used; the walk below names its field."""
+class NotJson(JsonLimitError):
+    """The document is not JSON at all; ``at_start`` when not even its first character is."""
 
-    problem: str
-
-
-def _parse_int(text: str) -> Any:
-    if len(text) > MAX_NUMBER_CHARS:
-        return _Rejected(f"a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
-    return int(text)
-
-
-def _parse_float(text: str) -> Any:
-    if len(text) > MAX_NUMBER_CHARS:
-        return _Rejected(f"a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
-    value = float(text)
-    return value if math.isfinite(value) else _Rejected(f"{text}, out of a float's range")
-
-
-def _parse_constant(text: str) -> Any:
-    # NaN and Infinity are not JSON; Go's encoding/json (KubeVirt) never writes them.
-    return _Rejected(f"{text}, which is not JSON")
+    def __init__(self, message: str, at_start: bool = False) -> None:
+        super().__init__(message)
+        self.at_start = at_start
 
 
 def field_path(path: tuple[str | int, ...]) -> str:
@@ -70,55 +64,149 @@ def field_path(path: tuple[str | int, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
-def _within_bounds(value: Any, max_depth: int) -> bool:
-    """The fast walk, without recursion or paths: runs on every VMI, so it stays cheap."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        node, depth = stack.pop()
-        for child in node.values() if type(node) is dict else node:
-            kind = type(child)
-            if kind is dict or kind is list:
-                if depth + 1 >= max_depth:
-                    return False
-                stack.append((child, depth + 1))
-            elif kind is _Rejected:
-                return False
-    return True
+class _Reading:
+    """One document being read: where the scanner is, and how much it has built so far."""
 
+    def __init__(self, what: str, max_depth: int, max_values: int) -> None:
+        self.what = what
+        self.max_depth = max_depth
+        self.max_values = max_values
+        self.values = 0
+        self.path: list[str | int] = []
+        """The key or index of the value being read, one per open container."""
 
-def _explain(value: Any, what: str, max_depth: int) -> NoReturn:
-    """The slow walk, run once a bound is crossed: finds the field and raises naming it."""
-    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
-    while stack:
-        node, path = stack.pop()  # a dict, a list or a _Rejected: nothing else is pushed
-        if isinstance(node, _Rejected):
-            raise JsonLimitError(f"{what} field {field_path(path)} is {node.problem}")
-        children: Any = node.items() if isinstance(node, dict) else enumerate(node)
-        if len(path) >= max_depth:
+    def field(self) -> str:
+        return field_path(tuple(self.path))
+
+    def count(self) -> None:
+        self.values += 1
+        if self.values > self.max_values:
             raise JsonLimitError(
-                f"{what} field {field_path(path[:8])}... nests deeper than {max_depth} levels"
+                f"{self.what} holds more than {self.max_values} JSON values (counted up to "
+                f"field {self.field()}); no real one has that many"
             )
-        for key, child in children:
-            if isinstance(child, (dict, list, _Rejected)):
-                stack.append((child, (*path, key)))
-    raise JsonLimitError(f"{what} is outside the bounds on depth and numbers")  # never reached
+
+    def open(self) -> None:
+        """A container starts; refused if it would be one level too many."""
+        if len(self.path) >= self.max_depth:
+            shown = field_path(tuple(self.path[:_PATH_SHOWN]))
+            raise JsonLimitError(
+                f"{self.what} field {shown}... nests deeper than {self.max_depth} levels"
+            )
+
+    def number(self, text: str, kind: Callable[[str], Any]) -> Any:
+        # The pure-Python scanner's \d also matches other scripts' digits, which JSON
+        # (and the C scanner) does not take.
+        if not text.isascii():
+            raise NotJson(
+                f"{self.what} is not valid JSON: field {self.field()} has non-ASCII digits"
+            )
+        if len(text) > MAX_NUMBER_CHARS:
+            raise JsonLimitError(
+                f"{self.what} field {self.field()} is a number of {len(text)} characters "
+                f"(at most {MAX_NUMBER_CHARS})"
+            )
+        value = kind(text)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise JsonLimitError(
+                f"{self.what} field {self.field()} is {text}, out of a float's range"
+            )
+        return value
+
+    def constant(self, text: str) -> Any:
+        # NaN and Infinity are not JSON; Go's encoding/json (KubeVirt) never writes them.
+        raise JsonLimitError(f"{self.what} field {self.field()} is {text}, which is not JSON")
 
 
-def loads(raw: bytes | str, what: str, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse ``raw``; any problem is a ``JsonLimitError`` whose message starts with ``what``."""
+class _KeyMemo(dict):  # type: ignore[type-arg]
+    """The decoder's key memo, which the scanner calls once per key just before its value."""
+
+    def __init__(self, reading: _Reading) -> None:
+        super().__init__()
+        self.reading = reading
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self.reading.count()
+        self.reading.path[-1] = key
+        return super().setdefault(key, default)
+
+
+def _decoder(reading: _Reading) -> json.JSONDecoder:
+    """A decoder whose scanner reports every container, key and value to ``reading``."""
+    decoder: Any = json.JSONDecoder(
+        parse_int=lambda text: reading.number(text, int),
+        parse_float=lambda text: reading.number(text, float),
+        parse_constant=reading.constant,
+    )
+    base_object, base_array = decoder.parse_object, decoder.parse_array
+
+    def counted(scan_once: Scan) -> Scan:
+        def member(text: str, end: int) -> tuple[Any, int]:
+            reading.count()
+            return scan_once(text, end)
+
+        return member
+
+    def parse_object(
+        s_and_end: tuple[str, int],
+        strict: bool,
+        scan_once: Scan,
+        object_hook: Any,
+        pairs_hook: Any,
+        memo: Any,
+    ) -> Any:
+        reading.open()
+        reading.path.append("")
+        try:
+            return base_object(s_and_end, strict, counted(scan_once), object_hook, pairs_hook, memo)
+        finally:
+            reading.path.pop()
+
+    def parse_array(s_and_end: tuple[str, int], scan_once: Scan) -> Any:
+        reading.open()
+        reading.path.append(-1)
+
+        def element(text: str, end: int) -> tuple[Any, int]:
+            reading.path[-1] = int(reading.path[-1]) + 1
+            reading.count()
+            return scan_once(text, end)
+
+        try:
+            return base_array(s_and_end, element)
+        finally:
+            reading.path.pop()
+
+    decoder.parse_object = parse_object
+    decoder.parse_array = parse_array
+    decoder.memo = _KeyMemo(reading)
+    # The pure-Python scanner (typeshed lists only make_scanner): the C one calls no hook.
+    decoder.scan_once = scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    result: json.JSONDecoder = decoder
+    return result
+
+
+def loads(
+    raw: bytes | str, what: str, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALUES
+) -> Any:
+    """Parse ``raw``; any problem is a ``JsonLimitError`` whose message starts with ``what``.
+
+    Memory stays within the decoded text plus ``max_values`` small objects, whatever
+    the document holds.
+    """
     try:
-        value = json.loads(
-            raw,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
-            parse_constant=_parse_constant,
-        )
-    except RecursionError:
-        raise JsonLimitError(f"{what} nests deeper than {max_depth} levels") from None
+        if isinstance(raw, str):
+            text = raw
+            if text.startswith("\ufeff"):
+                raise ValueError("Unexpected UTF-8 BOM")
+        else:
+            text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        reading = _Reading(what, max_depth, max_values)
+        reading.count()
+        return _decoder(reading).decode(text)
+    except RecursionError:  # only if the caller's max_depth is beyond Python's stack
+        raise JsonLimitError(f"{what} nests deeper than Python can read") from None
+    except json.JSONDecodeError as err:
+        at_start = err.pos == len(err.doc) - len(err.doc.lstrip(" \t\n\r"))
+        raise NotJson(f"{what} is not valid JSON: {err}", at_start) from None
     except (ValueError, UnicodeDecodeError) as err:
-        raise JsonLimitError(f"{what} is not valid JSON: {err}") from None
-    if type(value) is _Rejected or (
-        type(value) in (dict, list) and not _within_bounds(value, max_depth)
-    ):
-        _explain(value, what, max_depth)
-    return value
+        raise NotJson(f"{what} is not valid JSON: {err}") from None

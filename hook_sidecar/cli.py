@@ -1,7 +1,8 @@
 """``qat-hook``: transform, discover and serve; and the ``onDefineDomain`` shim script.
 
-Exit codes: 0 success, 1 bad input or failed validation, 2 usage error.
-Every error is one line on stderr; a traceback is never shown to a user.
+Exit codes: 0 success; 1 bad input, a bad option value (flag or variable) or failed
+validation; 2 usage error (unknown command or option, missing value). Every message
+is one escaped line on stderr; a traceback is never shown to a user.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hook_sidecar import __version__, settings
-from hook_sidecar.errors import HookError, InvalidInput
+from hook_sidecar.errors import HookError, one_line
 from hook_sidecar.vmi import MAX_VMI_BYTES
 
 if TYPE_CHECKING:
@@ -37,6 +38,11 @@ Without --device, devices come from discovery (QAT_HOOK_DEVICES, QAT<N>,
 PCI_RESOURCE_*/PCIDEVICE_* variables, kubelet, DRA metadata). Without --vmi,
 whatever is found is injected; with --vmi, the hook decides as it does in a
 cluster (only when the VMI asks, and the counts must match).
+
+--vmi takes JSON: a VirtualMachineInstance (kubectl get vmi NAME -o json) or a
+VirtualMachine (kubectl get vm NAME -o json; its spec.template is read as the VMI
+it starts). YAML is not read; an empty file, {}, a List or another kind is an error.
+Messages and warnings go to stderr; -o names the output file.
 """
 
 DISCOVER_EPILOG = """examples:
@@ -46,14 +52,19 @@ DISCOVER_EPILOG = """examples:
 
 Each device line shows the VF's host NUMA node (from kubelet, or sysfs under
 --sysfs-root); with --domain also the guest NUMA cell the transform would put
-it on for that domain.
+it on for that domain. --vmi takes the same JSON as transform's (a VMI, or a
+VirtualMachine whose spec.template is read). The report goes to stdout,
+warnings to stderr; when nothing is found, every place looked at follows the error.
 """
 
 SERVE_EPILOG = """examples (as in a hookSidecars annotation's args):
   qat-hook serve
-  qat-hook serve --version v1alpha2 --device 0000:3d:02.2
+  qat-hook serve --hook-api-version v1alpha2 --device 0000:3d:02.2
   qat-hook serve --plugin-socket /var/run/kubevirt-plugin/qat/qat.sock   (plugin only)
   qat-hook serve --socket-dir /var/run/kubevirt-hooks --plugin-socket PATH   (both)
+
+Here --version is --hook-api-version (the hook API version to offer), the
+spelling KubeVirt's sidecar-shim uses; qat-hook --version prints the program's.
 """
 
 
@@ -61,7 +72,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line and exits 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 COMMANDS = ("transform", "discover", "serve")
@@ -80,8 +91,14 @@ def _add_transform_options(parser: argparse.ArgumentParser, env: Mapping[str, st
         metavar="DOMAIN.xml|-",
         help="libvirt domain XML (default: stdin)",
     )
-    parser.add_argument("--vmi", metavar="VMI.json", help="the VMI object as JSON")
-    parser.add_argument("-o", "--output", metavar="OUT", help="write the result to this file")
+    parser.add_argument(
+        "--vmi",
+        metavar="VMI.json",
+        help="the VMI (or a VirtualMachine) as JSON: kubectl get vmi NAME -o json",
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="FILE", help="write the result to this file, not stdout"
+    )
     parser.add_argument(
         "--diff",
         action="store_true",
@@ -100,15 +117,18 @@ def _add_discover_options(parser: argparse.ArgumentParser, env: Mapping[str, str
         "--vmi",
         metavar="VMI.json",
         required=True,
-        help="the VirtualMachineInstance as JSON (kubectl get vmi NAME -o json)",
+        help="the VirtualMachineInstance as JSON (kubectl get vmi NAME -o json; "
+        "a VirtualMachine's spec.template is read too)",
     )
     parser.add_argument(
         "--format",
-        "--output",
-        dest="format",
         choices=("text", "json"),
         default="text",
-        help="text for people, json for scripts (--output is the older spelling)",
+        help="text for people, json for scripts",
+    )
+    # An alias of --format, kept for scripts; hidden, since transform's --output names a file.
+    parser.add_argument(
+        "--output", dest="old_format", choices=("text", "json"), help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--domain",
@@ -136,26 +156,25 @@ _OPTIONS = {
 }
 
 
-def build_parser(
-    environ: Mapping[str, str] | None = None, only: str | None = None
-) -> argparse.ArgumentParser:
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     """The ``qat-hook`` parser; option defaults come from ``environ`` (the process's).
 
-    With ``only``, just that command's options are built: the other commands are
-    still listed (with their help line) but take no options. Building every option
-    of every command costs a sidecar 5-10 ms of its start-up for nothing.
+    A variable with a value its option cannot take is ``InvalidInput`` here or when
+    parsing (argparse passes string defaults through each option's check).
     """
     env = os.environ if environ is None else environ
     parser = _Parser(
         prog=PROG,
         description="KubeVirt hook sidecar that gives VMs an Intel QAT virtual function.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{PROG} {__version__}",
+        help="print the program's version (qat-hook serve --version is the hook API's)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
-        if only is not None and name != only:
-            commands.add_parser(name, help=COMMAND_HELP[name])
-            continue
         add_options, epilog = _OPTIONS[name]
         add_options(
             commands.add_parser(
@@ -167,20 +186,6 @@ def build_parser(
             env,
         )
     return parser
-
-
-def command_of(argv: Sequence[str]) -> str | None:
-    """The command ``argv`` runs, when it can be told without parsing: else None.
-
-    The top-level options (``-h``, ``--version``) take no value, so the first
-    word that is not an option names the command.
-    """
-    for word in argv:
-        if word == "--":
-            return None
-        if not word.startswith("-"):
-            return word if word in COMMANDS else None
-    return None
 
 
 def _read(path: str, what: str, limit: int) -> bytes:
@@ -197,19 +202,10 @@ def _read(path: str, what: str, limit: int) -> bytes:
         raise HookError(f"cannot read {what} {path}: {err.strerror or err}") from None
 
 
-ALL_OPTIONS = (
-    settings.DISCOVERY_OPTIONS
-    + settings.TRANSFORM_OPTIONS
-    + settings.LOG_OPTIONS
-    + settings.SERVE_OPTIONS
-)
-
-
 def hook_settings(args: argparse.Namespace) -> HookSettings:
-    """The core's plain settings from parsed arguments (every value checked here)."""
+    """The core's plain settings from parsed (and so already checked) arguments."""
     from hook_sidecar.hook import HookSettings
 
-    settings.check_choices(args, ALL_OPTIONS)
     return HookSettings(
         discovery=settings.discovery_config(args),
         transform=settings.transform_options(args),
@@ -223,37 +219,61 @@ def _environment() -> dict[str, str]:
     return env_snapshot(os.environ)
 
 
-def _warn(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
+def _say(message: str, prog: str = PROG) -> None:
+    """One line on stderr, escaped: text from files or the VMI cannot forge a line."""
+    print(f"{prog}: {one_line(message)}", file=sys.stderr)
+
+
+def _warn(message: str, prog: str = PROG) -> None:
+    _say(f"warning: {message}", prog)
+
+
+def _read_vmi(path: str) -> tuple[Mapping[str, Any], str | None]:
+    from hook_sidecar import vmi as vmis
+
+    where = "stdin" if path == "-" else path
+    return vmis.read_vmi_file(_read(path, "VMI", MAX_VMI_BYTES), where)
+
+
+def _write(path: str, data: bytes) -> None:
+    try:
+        Path(path).write_bytes(data)
+    except OSError as err:
+        raise HookError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def run_transform(args: argparse.Namespace) -> int:
     from hook_sidecar.hook import on_define_domain
 
     hook = hook_settings(args)
+    if args.validate:
+        from hook_sidecar.validate import check_available
+
+        check_available()  # before anything is written or reported as added
     domain = _read(args.domain, "domain XML", hook.transform.max_bytes)
-    vmi = _read(args.vmi, "VMI", MAX_VMI_BYTES) if args.vmi else None
-    outcome = on_define_domain(domain, vmi, _environment(), hook)
+    vmi_json = None
+    if args.vmi:
+        vmi, note = _read_vmi(args.vmi)
+        if note:
+            _say(f"note: {note}")
+        vmi_json = json.dumps(vmi).encode()
+    outcome = on_define_domain(domain, vmi_json, _environment(), hook)
     for warning in outcome.warnings:
         _warn(warning)
+    if args.output:
+        _write(args.output, outcome.domain_xml)
     result = outcome.result
     if not outcome.discovery.wanted:
-        print(f"{PROG}: no change: {outcome.discovery.reason}", file=sys.stderr)
+        _say(f"no change: {outcome.discovery.reason}")
     elif result is not None:
         for added in result.added:
-            print(
-                f"{PROG}: added {added.alias} for {added.address} "
-                f"(from {outcome.discovery.source}: {outcome.discovery.detail})",
-                file=sys.stderr,
+            _say(
+                f"added {added.alias} for {added.address} "
+                f"(from {outcome.discovery.source}: {outcome.discovery.detail})"
             )
         for address in result.already_present:
-            print(f"{PROG}: {address} is already a hostdev; not added again", file=sys.stderr)
+            _say(f"{address} is already a hostdev; not added again")
 
-    if args.output:
-        try:
-            Path(args.output).write_bytes(outcome.domain_xml)
-        except OSError as err:
-            raise HookError(f"cannot write {args.output}: {err.strerror or err}") from None
     if args.diff:
         # The input as the transform writes XML, so the diff shows only what was added.
         from hook_sidecar.transform import normalized
@@ -276,7 +296,7 @@ def run_transform(args: argparse.Namespace) -> int:
 
         report = validate(outcome.domain_xml, result.added if result else ())
         for line in report.lines:
-            print(f"{PROG}: libvirt {line}", file=sys.stderr)
+            _say(f"libvirt {line}")
         if not report.ok:
             return 1
     return 0
@@ -284,11 +304,19 @@ def run_transform(args: argparse.Namespace) -> int:
 
 def run_discover(args: argparse.Namespace) -> int:
     from hook_sidecar import discovery, hook, report
-    from hook_sidecar import vmi as vmis
 
+    if args.old_format is not None:
+        _say("note: discover --output is now --format (transform's --output names a file)")
+    output_format = args.old_format or args.format
     config = hook_settings(args)
-    vmi = vmis.parse_vmi(_read(args.vmi, "VMI", MAX_VMI_BYTES))
-    decided = discovery.discover(vmi, _environment(), config.discovery)
+    vmi, note = _read_vmi(args.vmi)
+    try:
+        decided = discovery.discover(vmi, _environment(), config.discovery)
+    except HookError as err:
+        _say(f"error: {err}")
+        for place in err.details:
+            _say(f"looked at: {place}")
+        return 1
     cells = None
     if args.domain is not None:
         from hook_sidecar.transform import transform
@@ -297,28 +325,27 @@ def run_discover(args: argparse.Namespace) -> int:
         cells = {}
         if decided.wanted and decided.devices:
             devices = hook.host_devices(decided, config.guest_addresses)
-            result = transform(domain, devices, config.transform)
+            result = transform(domain, devices, config.transform, decided.host_cpus)
             decided = replace(decided, warnings=decided.warnings + result.warnings)
             cells = {added.address: added.guest_cell for added in result.added}
-    if args.format == "json":
-        print(json.dumps(report.as_json(decided, cells), indent=2))
+    for warning in decided.warnings:
+        _warn(warning)
+    if output_format == "json":
+        data = report.as_json(decided, cells)
+        if note:
+            data["note"] = note
+        print(json.dumps(data, indent=2))
     else:
+        print(f"note: {one_line(note)}\n" if note else "", end="")
         print(report.describe(decided, cells))
     return 0
 
 
 def serve_config(args: argparse.Namespace) -> ServeConfig:
     """The server's socket and API settings from parsed arguments."""
-    from hook_sidecar import callbacks
     from hook_sidecar.server import ServeConfig
 
-    versions = tuple(dict.fromkeys(args.version)) or callbacks.ALL_VERSIONS
-    unknown = [v for v in versions if v not in callbacks.ALL_VERSIONS]
-    if unknown:
-        raise InvalidInput(
-            f"unknown hook API version {', '.join(unknown)}; "
-            f"offer some of {', '.join(callbacks.ALL_VERSIONS)}"
-        )
+    versions = tuple(dict.fromkeys(args.hook_api_version)) or settings.HOOK_API_VERSIONS
     plugin_socket = Path(args.plugin_socket) if args.plugin_socket else None
     # Plugin mode is --plugin-socket alone; naming a hook socket too serves both.
     hook_socket = None
@@ -331,7 +358,7 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         plugin_socket=plugin_socket,
         name=args.name,
         versions=versions,
-        workers=settings.int_option(args.workers, "--workers", 1, 16),
+        workers=args.workers,
         warm_up=args.warm_up == "on",
     )
 
@@ -350,23 +377,24 @@ def _guarded(prog: str, action: Callable[[], int]) -> int:
     try:
         return action()
     except HookError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        _say(f"error: {err}", prog)
         return 1
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # noqa: BLE001 - the one place that turns bugs into a line
-        print(
-            f"{prog}: internal error ({type(err).__name__}): {err}; please report it",
-            file=sys.stderr,
-        )
+        _say(f"internal error ({type(err).__name__}): {err}; please report it", prog)
         return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
-    args = build_parser(only=command_of(words)).parse_args(words)
     runners = {"transform": run_transform, "discover": run_discover, "serve": run_serve}
-    return _guarded(PROG, lambda: runners[args.command](args))
+
+    def run() -> int:
+        args = build_parser().parse_args(words)  # a bad value is InvalidInput, exit 1
+        return runners[args.command](args)
+
+    return _guarded(PROG, run)
 
 
 SHIM_DESCRIPTION = (
@@ -378,23 +406,23 @@ SHIM_DESCRIPTION = (
 
 def shim_main(argv: Sequence[str] | None = None) -> int:
     """``onDefineDomain``: the same hook as ``serve``, as the sidecar-shim's script."""
-    parser = _Parser(prog="onDefineDomain", description=SHIM_DESCRIPTION)
-    parser.add_argument("--vmi", required=True, help="the VMI object as JSON (a string)")
-    parser.add_argument("--domain", required=True, help="the domain XML (a string)")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    settings.add_options(
-        parser, settings.DISCOVERY_OPTIONS + settings.TRANSFORM_OPTIONS, os.environ
-    )
-    args = parser.parse_args(argv)
 
     def run() -> int:
         from hook_sidecar.hook import on_define_domain
 
+        parser = _Parser(prog="onDefineDomain", description=SHIM_DESCRIPTION)
+        parser.add_argument("--vmi", required=True, help="the VMI object as JSON (a string)")
+        parser.add_argument("--domain", required=True, help="the domain XML (a string)")
+        parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+        settings.add_options(
+            parser, settings.DISCOVERY_OPTIONS + settings.TRANSFORM_OPTIONS, os.environ
+        )
+        args = parser.parse_args(argv)
         outcome = on_define_domain(
             args.domain.encode(), args.vmi, _environment(), hook_settings(args)
         )
         for warning in outcome.warnings:
-            _warn(warning)
+            _warn(warning, "onDefineDomain")
         sys.stdout.buffer.write(outcome.domain_xml)
         sys.stdout.flush()
         return 0

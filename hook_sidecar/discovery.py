@@ -24,7 +24,7 @@ from hook_sidecar.errors import InvalidInput, PreconditionFailed
 from hook_sidecar.pci import PciAddress
 from hook_sidecar.sources import Candidates, Source, SourceInput, addresses_text
 
-README_SECTION = 'README section "How the VF\'s address reaches the sidecar"'
+SOURCES_DOC = "docs/how-it-works.md#how-the-vfs-address-reaches-the-sidecar"
 ENV_PREFIXES = ("QAT", "PCI_RESOURCE_", "PCIDEVICE_", "POD_")
 
 OnMissing = Literal["fail", "skip"]
@@ -36,6 +36,8 @@ class DiscoveryConfig:
     """Every knob of discovery, as plain values (the CLI builds it from flags and variables)."""
 
     devices: tuple[PciAddress, ...] = ()
+    devices_from: str = "--device"
+    """Where ``devices`` were given: ``--device`` or ``QAT_HOOK_DEVICES`` (logs name it)."""
     resource_patterns: tuple[str, ...] = vmis.DEFAULT_RESOURCE_PATTERNS
     dra_root: Path = dra.DEFAULT_ROOT
     sysfs_root: Path = sysfs.DEFAULT_ROOT
@@ -67,6 +69,8 @@ class Discovery:
     expected: int | None = None
     warnings: tuple[str, ...] = ()
     host_nodes: Mapping[PciAddress, HostNode] = field(default_factory=dict)
+    host_cpus: Mapping[int, int] = field(default_factory=dict)
+    """This host's CPU -> NUMA node map (sysfs), for guest NUMA placement by vCPU pinning."""
 
     def numa_node(self, address: PciAddress) -> int | None:
         known = self.host_nodes.get(address)
@@ -77,7 +81,7 @@ class Discovery:
 def configured_sources(config: DiscoveryConfig) -> tuple[Source, ...]:
     """The sources in the order they are consulted (built once per configuration)."""
     chosen = [
-        Source("override", sources.override(config.devices)),
+        Source("override", sources.override(config.devices, config.devices_from)),
         Source("environment", sources.environment(config.resource_patterns)),
     ]
     if config.podresources_socket is not None:
@@ -107,9 +111,10 @@ def _disagreement(winner: Candidates, other: Candidates) -> str:
 
 
 def _first_found(
-    chosen: tuple[Source, ...], call: SourceInput, warnings: list[str]
+    chosen: tuple[Source, ...], call: SourceInput, warnings: list[str], problems: list[str]
 ) -> tuple[Candidates | None, list[str]]:
-    """The winning source's devices and every place looked at; disagreements become warnings."""
+    """The winning source's devices and every place looked at; disagreements become warnings,
+    broken sources ``problems``."""
     winner: Candidates | None = None
     looked: list[str] = []
     for source in chosen:
@@ -124,6 +129,8 @@ def _first_found(
             continue
         looked.append(answer.where)
         warnings.extend(answer.warnings)
+        if answer.problem is not None:
+            problems.append(answer.problem)
         if answer.found is None:
             continue
         if winner is None:
@@ -143,6 +150,30 @@ def _host_nodes(winner: Candidates, sysfs_root: Path) -> dict[PciAddress, HostNo
         else:
             nodes[address] = HostNode(*sysfs.numa_node(address, sysfs_root))
     return nodes
+
+
+SOURCE_LABELS = {
+    "override": "--device/QAT_HOOK_DEVICES",
+    "environment": "device-plugin variables",
+    "podresources": "kubelet",
+    "dra": "DRA metadata",
+    "vmi-annotation": "the VMI's devices annotation",
+}
+FIRST_STEP = f"give the sidecar a device source (see {SOURCES_DOC})"
+
+
+def nothing_found(vmi: vmis.Vmi, reason: str, places: list[str], problems: list[str]) -> str:
+    """The one line a user reads when nothing was found: what, where, and what to do first.
+
+    The first broken source's own fix, when one is broken; else how to give the
+    sidecar a source. Every place looked at goes to the error's details instead.
+    """
+    name = vmis.display_name(vmi)
+    who = "the VMI" if name == "-/-" else f"VMI {name}"
+    return (
+        f"{who} asks for a QAT VF ({reason}) but none was found in {', '.join(places)}; "
+        f"first: {problems[0] if problems else FIRST_STEP}"
+    )
 
 
 def discover(
@@ -165,23 +196,28 @@ def discover(
         return Discovery(wanted=False, reason=request.reason)
 
     warnings = vmis.preflight_warnings(vmi) if vmi else []
-    winner, looked = _first_found(configured_sources(config), SourceInput(vmi, env), warnings)
+    problems: list[str] = []
+    chosen = configured_sources(config)
+    winner, looked = _first_found(chosen, SourceInput(vmi, env), warnings, problems)
 
     if winner is None:
-        message = (
-            f"VMI {vmis.display_name(vmi)} asks for a QAT VF ({request.reason}) but no "
-            f"device address was found. Looked at: {'; '.join(looked)}. See the "
-            f"{README_SECTION}."
-        )
+        places = [
+            SOURCE_LABELS.get(source.name, source.name)
+            for source in chosen
+            if source.name != "vmi-annotation" or config.allow_vmi_devices
+        ]
+        message = nothing_found(vmi, request.reason, places, problems)
         if config.on_missing == "skip":
             warnings.append(message + " Passing the domain through (--on-missing skip).")
+            warnings.extend(problems[1:])
             return Discovery(
                 wanted=False,
                 reason=request.reason,
                 expected=request.expected,
                 warnings=tuple(warnings),
             )
-        raise PreconditionFailed(message)
+        raise PreconditionFailed(message, details=tuple(looked))
+    warnings.extend(problems)
 
     if request.expected is not None and request.expected != len(winner.devices):
         raise PreconditionFailed(
@@ -208,4 +244,5 @@ def discover(
         expected=request.expected,
         warnings=tuple(warnings),
         host_nodes=_host_nodes(winner, config.sysfs_root),
+        host_cpus=sysfs.host_cpu_nodes(config.sysfs_root),
     )

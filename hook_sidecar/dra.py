@@ -168,6 +168,7 @@ def source(root: Path) -> Callable[[SourceInput], Lookup]:
             return Lookup(
                 f"{where} ({scope}: no device with {PCI_BUS_ID_ATTRIBUTE}{skipped})",
                 warnings=tuple(warnings),
+                problem=f"{warnings[0]} ({len(warnings)} problem(s) in all)" if warnings else None,
             )
         return Lookup(where, Candidates("dra", ", ".join(used), dedupe(devices)), tuple(warnings))
 

@@ -52,7 +52,15 @@ def one_line(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
 
 
 class HookError(Exception):
-    """Base of every error whose message is meant for a user."""
+    """Base of every error whose message is meant for a user.
+
+    ``details`` are lines a user may want after the message (every place discovery
+    looked at): ``qat-hook discover`` prints them, servers log them at debug level.
+    """
+
+    def __init__(self, *args: object, details: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.details = details
 
     def __str__(self) -> str:
         return one_line(super().__str__())

@@ -12,7 +12,11 @@ grpc is imported only when the socket exists.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import socket as sockets
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,13 @@ from hook_sidecar.sources import Candidates, Lookup, SourceInput, dedupe
 COMPUTE_CONTAINER = "compute"
 DEADLINE_SECONDS = 2.0
 DEFAULT_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+MAX_SOCKET_PATH_BYTES = 107
+"""Linux's sun_path holds 108 bytes with the terminating NUL."""
+ROOT_FIX = (
+    "kubelet keeps that directory 0750 root:root and its socket root's, so run the sidecar "
+    "as uid 0 with every capability dropped (runAsUser: 0, capabilities: drop: [ALL]), "
+    "as the podresources manifests do"
+)
 
 
 def launcher_pod_pattern(vmi_name: str) -> re.Pattern[str]:
@@ -96,11 +107,121 @@ def source(
     where = f"kubelet PodResources at {socket_path}"
 
     def look(call: SourceInput) -> Lookup:
-        if not socket_path.exists():
+        unmounted, problem = reach(socket_path)
+        if unmounted:
             return Lookup(f"{where} (no socket mounted)")
+        if problem is not None:
+            return Lookup(f"{where} (unreachable)", problem=problem)
         return _ask_kubelet(socket_path, deadline, _Identity.of(call), patterns, where)
 
     return look
+
+
+def identity() -> str:
+    """Who the hook runs as, for messages: ``uid 107 gid 107`` (and extra groups)."""
+    groups = sorted(set(os.getgroups()) - {os.getgid()})
+    extra = f" groups {','.join(map(str, groups))}" if groups else ""
+    return f"uid {os.getuid()} gid {os.getgid()}{extra}"
+
+
+def _owner(path: Path) -> str:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ""
+    return f" (mode {stat.S_IMODE(info.st_mode):04o}, owner {info.st_uid}:{info.st_gid})"
+
+
+def unreachable(socket_path: Path, what: str, fix: str) -> str:
+    """The one line that says kubelet cannot be reached: the path, who we are, why, the fix."""
+    return (
+        f"cannot reach kubelet's PodResources socket {socket_path} as {identity()}: {what}; {fix}"
+    )
+
+
+def _os_problem(socket_path: Path, err: OSError) -> str:
+    folder = socket_path.parent
+    code = err.errno
+    if code in (errno.EACCES, errno.EPERM):
+        return unreachable(
+            socket_path,
+            f"permission denied on {folder}{_owner(folder)} or the socket{_owner(socket_path)}",
+            ROOT_FIX,
+        )
+    if code == errno.ECONNREFUSED:
+        return unreachable(
+            socket_path,
+            "nothing listens on it",
+            "kubelet is down or restarting, or the socket file itself was mounted and is "
+            "stale: mount the directory /var/lib/kubelet/pod-resources, not the socket",
+        )
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return unreachable(
+            socket_path,
+            f"{folder} is there but holds no {socket_path.name}",
+            "check that kubelet runs and that the host's /var/lib/kubelet/pod-resources "
+            "directory is mounted there",
+        )
+    if code == errno.ENAMETOOLONG:
+        return _too_long(socket_path)
+    return unreachable(
+        socket_path,
+        err.strerror or type(err).__name__,
+        "check the hostPath mount of kubelet's /var/lib/kubelet/pod-resources directory",
+    )
+
+
+def _too_long(socket_path: Path) -> str:
+    return unreachable(
+        socket_path,
+        f"the path is {len(os.fsencode(socket_path))} bytes, more than a unix socket takes "
+        f"({MAX_SOCKET_PATH_BYTES})",
+        "mount the directory at a shorter path and set --podresources-socket to it",
+    )
+
+
+def reach(socket_path: Path) -> tuple[bool, str | None]:
+    """Whether the socket is not mounted at all, and else what stops a connection, if known.
+
+    Checked with stat before grpc dials: grpc reports every failure as UNAVAILABLE, while
+    the kernel's errno tells a permission problem from a missing socket and a long path.
+    """
+    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH_BYTES:
+        return False, _too_long(socket_path)
+    try:
+        os.stat(socket_path)
+    except (FileNotFoundError, NotADirectoryError) as err:
+        try:
+            os.stat(socket_path.parent)
+        except OSError:
+            return True, None  # the directory is not there: this source is not set up
+        return False, _os_problem(socket_path, err)
+    except OSError as err:
+        return False, _os_problem(socket_path, err)
+    return False, None
+
+
+def _why_unavailable(socket_path: Path, deadline: float) -> str | None:
+    """After grpc found kubelet UNAVAILABLE: the errno of a plain connect, if it fails."""
+    probe = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    probe.settimeout(deadline)
+    try:
+        probe.connect(str(socket_path))
+    except TimeoutError:
+        return _timed_out(socket_path, deadline)
+    except OSError as err:
+        return _os_problem(socket_path, err)
+    finally:
+        probe.close()
+    return None
+
+
+def _timed_out(socket_path: Path, deadline: float) -> str:
+    return unreachable(
+        socket_path,
+        f"kubelet did not answer within {deadline:g} s",
+        "check kubelet's health on this node; the VM can start once it answers",
+    )
 
 
 @dataclass(frozen=True)
@@ -174,17 +295,36 @@ def _ask_kubelet(
             stub = pb_grpc.PodResourcesListerStub(channel)
             pod, missing = _find_pod(stub, who, deadline, warnings)
     except grpc.RpcError as err:
-        reason = f"{err.code().name}: {err.details()}"
-        warnings.append(f"kubelet PodResources at {socket_path} did not answer ({reason})")
-        return Lookup(f"{where} (unreachable: {reason})", warnings=tuple(warnings))
+        code = err.code()
+        problem = None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            problem = _timed_out(socket_path, deadline)
+        elif code == grpc.StatusCode.UNAVAILABLE:
+            problem = _why_unavailable(socket_path, deadline)
+        if problem is None:
+            problem = unreachable(
+                socket_path,
+                f"kubelet answered {code.name}: {err.details()}",
+                "check kubelet's log on this node",
+            )
+        return Lookup(f"{where} (unreachable)", warnings=tuple(warnings), problem=problem)
     if pod is None:
-        return Lookup(f"{where} ({missing})", warnings=tuple(warnings))
+        return Lookup(
+            f"{where} ({missing})",
+            warnings=tuple(warnings),
+            problem=f"kubelet answered, but {missing}; the sidecar finds its pod by POD_NAME "
+            "and POD_NAMESPACE (downward API: metadata.name, metadata.namespace), else by the "
+            "VMI's name",
+        )
     addresses, numa = devices_of(pod, patterns)
     if not addresses:
         return Lookup(
             f"{where} (pod {pod.namespace}/{pod.name}: no matching device on container "
             f"{COMPUTE_CONTAINER})",
             warnings=tuple(warnings),
+            problem=f"kubelet allocated no {', '.join(patterns)} device to pod "
+            f"{pod.namespace}/{pod.name} container {COMPUTE_CONTAINER}; the VMI's resource "
+            "request must name the device plugin's resource (see --resource-pattern)",
         )
     found = Candidates(
         "podresources",

@@ -2,7 +2,10 @@
 
 Kept apart from discovery itself so the decision code carries no formatting.
 ``guest_cells`` is what a transform of a given domain would do with each VF
-(``discover --domain``); absent, nothing is said about guest cells.
+(``discover --domain``); absent, nothing is said about guest cells. Warnings
+are not part of the text: the CLI writes them to stderr, as for ``transform``.
+Every line is escaped (``errors.escape``): a detail such as a DRA file name is
+not ours and may hold a newline.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hook_sidecar.discovery import Discovery
+from hook_sidecar.errors import escape
 from hook_sidecar.pci import PciAddress
 
 GuestCells = Mapping[PciAddress, int | None]
@@ -29,7 +33,7 @@ def _cell_text(cell: int | None) -> str:
 
 
 def describe(discovery: Discovery, guest_cells: GuestCells | None = None) -> str:
-    """A short human summary, one device per line."""
+    """A short human summary, one device per line, each line escaped."""
     lines = []
     if not discovery.wanted:
         lines.append(f"no injection: {discovery.reason}")
@@ -42,8 +46,7 @@ def describe(discovery: Discovery, guest_cells: GuestCells | None = None) -> str
             if guest_cells is not None:
                 where += f", {_cell_text(guest_cells.get(address))}"
             lines.append(f"  device:   {address}  {where}")
-    lines.extend(f"warning: {warning}" for warning in discovery.warnings)
-    return "\n".join(lines)
+    return "\n".join(escape(line) for line in lines)
 
 
 def as_json(discovery: Discovery, guest_cells: GuestCells | None = None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Every option of the hook, as a CLI flag and as a ``QAT_HOOK_*`` environment variable.
 
-One table drives argparse, the environment defaults and the README's option
-table, so a flag can never exist without its variable or the other way round.
+One table drives argparse, the environment defaults and the option table of
+docs/reference.md, so a flag can never exist without its variable or the other
+way round.
 In a pod, the hookSidecars annotation's ``args`` carry flags; an admission
 policy or a plugin deployment sets variables more easily. A flag given on the
 command line wins over its variable.
@@ -14,7 +15,7 @@ parsed arguments into the core's plain values (``DiscoveryConfig``,
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,14 +23,55 @@ from hook_sidecar import discovery, dra, podresources, sysfs
 from hook_sidecar.errors import InvalidInput
 from hook_sidecar.hostdevs import DEFAULT_MAX_BYTES, TransformOptions
 from hook_sidecar.pci import PciAddress, PciAddressError
-from hook_sidecar.sources import parse_address_list
 
 DEFAULT_SOCKET_DIR = "/var/run/kubevirt-hooks"
 DEFAULT_SOCKET_NAME = "qat.sock"
 
 
+Check = Callable[[str, str], Any]
+"""A value's check: the text and the name to blame (the flag or the variable) in, the value out."""
+
+
+def _named(name: str, text: str) -> str:
+    shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}..."
+    return f"{name} {shown}" if name.startswith("-") else f"{name}={shown}"
+
+
+def _address(text: str, name: str) -> PciAddress:
+    try:
+        return PciAddress.parse(text)
+    except PciAddressError as err:
+        raise InvalidInput(f"{name}: {err}") from None
+
+
+def _guest_address(text: str, name: str) -> tuple[PciAddress, PciAddress]:
+    host, sep, guest = text.partition("=")
+    if not sep:
+        raise InvalidInput(f"{_named(name, text)} must be HOST=GUEST, for example 3d:02.2=00:10.0")
+    try:
+        return PciAddress.parse(host), PciAddress.parse(guest)
+    except PciAddressError as err:
+        raise InvalidInput(f"{_named(name, text)}: {err}") from None
+
+
+HOOK_API_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3")
+
+
+def _hook_api_version(text: str, name: str) -> str:
+    if text in HOOK_API_VERSIONS:
+        return text
+    raise InvalidInput(
+        f"{name}: unknown hook API version {text[:40]}; "
+        f"offer some of {', '.join(HOOK_API_VERSIONS)}"
+    )
+
+
+def _whole_number(low: int, high: int) -> Check:
+    return lambda text, name: int_option(text, name, low, high)
+
+
 class Option(NamedTuple):
-    """One option (a NamedTuple: a dataclass costs every sidecar's start-up 1-2 ms to create)."""
+    """One option: its flag, its variable, its help, and how its value is checked."""
 
     flag: str
     env: str
@@ -41,10 +83,20 @@ class Option(NamedTuple):
     metavar: str | None = None
     doc_default: str | None = None
     """Shown as the default where the real one depends on other options."""
+    check: Check | None = None
+    """Turns one value (one item of a repeatable option) into what the core takes."""
+    aliases: tuple[str, ...] = ()
 
     @property
     def dest(self) -> str:
         return self.flag.lstrip("-").replace("-", "_")
+
+    def value(self, text: str, name: str) -> Any:
+        if self.check is not None:
+            return self.check(text, name)
+        if self.choices is not None and text not in self.choices:
+            raise InvalidInput(f"{_named(name, text)} is not one of {', '.join(self.choices)}")
+        return text
 
 
 # Options shared by transform, discover and serve.
@@ -56,6 +108,7 @@ DISCOVERY_OPTIONS = (
         "the variable takes a comma list); overrides every other source",
         repeat=True,
         metavar="ADDR",
+        check=_address,
     ),
     Option(
         "--resource-pattern",
@@ -123,6 +176,7 @@ TRANSFORM_OPTIONS = (
         "guest PCI address for a host VF, HOST=GUEST (repeatable; the variable takes a comma list)",
         repeat=True,
         metavar="HOST=GUEST",
+        check=_guest_address,
     ),
     Option(
         "--max-domain-bytes",
@@ -130,6 +184,7 @@ TRANSFORM_OPTIONS = (
         "refuse larger domain XML",
         default=str(DEFAULT_MAX_BYTES),
         metavar="N",
+        check=_whole_number(1, 1 << 30),
     ),
     Option(
         "--numa-placement",
@@ -174,11 +229,14 @@ SERVE_OPTIONS = (
         metavar="NAME",
     ),
     Option(
-        "--version",
+        "--hook-api-version",
         "QAT_HOOK_VERSIONS",
-        "hook API version to offer (repeatable; default v1alpha1, v1alpha2 and v1alpha3)",
+        "hook API version to offer (repeatable; default v1alpha1, v1alpha2 and v1alpha3); "
+        "--version is the same option, the name KubeVirt's sidecar-shim uses",
         repeat=True,
-        choices=("v1alpha1", "v1alpha2", "v1alpha3"),
+        metavar="VERSION",
+        check=_hook_api_version,
+        aliases=("--version",),
     ),
     Option(
         "--plugin-socket",
@@ -193,6 +251,7 @@ SERVE_OPTIONS = (
         "gRPC worker threads (virt-launcher calls one at a time)",
         default="2",
         metavar="N",
+        check=_whole_number(1, 16),
     ),
     Option(
         "--warm-up",
@@ -205,19 +264,70 @@ SERVE_OPTIONS = (
 )
 
 
-def _env_default(option: Option, environ: Mapping[str, str]) -> Any:
-    raw = environ.get(option.env)
-    if raw is None:
-        return [] if option.repeat else (False if option.boolean else option.default)
-    if option.boolean:
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if option.repeat:
-        return _split(raw)
-    return raw
+class FromVariable(str):
+    """An option's default read from its environment variable: its checks then name the
+    variable, not the flag. argparse passes string defaults through ``type`` like flag values."""
+
+    variable: str
+
+
+class Values(list):  # type: ignore[type-arg]
+    """The checked items of a repeatable option, and where they came from (flag or variable)."""
+
+    origin: str = ""
+
+
+def _values(items: Any, origin: str) -> Values:
+    result = Values(items)
+    result.origin = origin
+    return result
 
 
 def _split(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _checker(option: Option) -> Callable[[str], Any]:
+    """The ``type=`` of ``option``: its value checked, named by its flag or its variable.
+
+    A refusal is ``InvalidInput`` (exit 1, one line), which argparse lets through
+    unchanged, rather than argparse's usage error: a wrong value is bad input.
+    """
+
+    def check(text: str) -> Any:
+        name = text.variable if isinstance(text, FromVariable) else option.flag
+        if option.repeat:
+            items = _split(text)
+            return _values([option.value(item, name) for item in items], name)
+        return option.value(text.strip() if option.choices else text, name)
+
+    check.__name__ = option.dest  # argparse names a failing type by it
+    return check
+
+
+def _env_default(option: Option, environ: Mapping[str, str]) -> Any:
+    raw = environ.get(option.env)
+    if raw is None:
+        return (
+            _values([], option.flag)
+            if option.repeat
+            else (False if option.boolean else option.default)
+        )
+    if option.boolean:
+        return flag_value(raw, option.env)
+    text = FromVariable(raw)
+    text.variable = option.env
+    return text
+
+
+def flag_value(raw: str, variable: str) -> bool:
+    """An on/off variable: 1, true, yes, on or 0, false, no, off, empty (any case)."""
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("", "0", "false", "no", "off"):
+        return False
+    raise InvalidInput(f"{variable}={_shown(raw)} is not one of true, false (or 1, 0, yes, no)")
 
 
 class _Repeat(argparse.Action):
@@ -235,9 +345,8 @@ class _Repeat(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         current = getattr(namespace, self.dest, None)
-        items = [] if current is self.default or current is None else list(current)
-        items.extend(_split(str(values)))
-        setattr(namespace, self.dest, items)
+        items = [] if current is self.default or not isinstance(current, list) else current
+        setattr(namespace, self.dest, _values([*items, *values], option_string or ""))
 
 
 def add_options(
@@ -251,44 +360,26 @@ def add_options(
         help_text = f"{option.help} [env {option.env}]"
         if option.boolean:
             parser.add_argument(
-                option.flag,
-                dest=option.dest,
-                action="store_true",
-                default=default,
-                help=help_text,
+                option.flag, dest=option.dest, action="store_true", default=default, help=help_text
             )
-        elif option.repeat:
-            parser.add_argument(
-                option.flag,
-                dest=option.dest,
-                action=_Repeat,
-                default=default,
-                choices=option.choices,
-                metavar=option.metavar,
-                help=help_text,
-            )
-        else:
-            parser.add_argument(
-                option.flag,
-                dest=option.dest,
-                default=default,
-                choices=option.choices,
-                metavar=option.metavar,
-                help=help_text,
-            )
-
-
-def check_choices(args: argparse.Namespace, options: Sequence[Option]) -> None:
-    """argparse checks the choices of flags only; a variable's value is checked here."""
-    for option in options:
-        if option.choices is None or not hasattr(args, option.dest):
             continue
-        value = getattr(args, option.dest)
-        for item in value if isinstance(value, list) else [value]:
-            if item not in option.choices:
-                raise InvalidInput(
-                    f"{option.env}={item!r} is not one of {', '.join(option.choices)}"
-                )
+        metavar = option.metavar or (
+            "{" + ",".join(option.choices) + "}" if option.choices else None
+        )
+        parser.add_argument(
+            option.flag,
+            *option.aliases,
+            dest=option.dest,
+            action=_Repeat if option.repeat else "store",
+            default=default,
+            type=_checker(option),
+            metavar=metavar,
+            help=help_text,
+        )
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}..."
 
 
 def int_option(text: str, flag: str, low: int, high: int) -> int:
@@ -298,17 +389,17 @@ def int_option(text: str, flag: str, low: int, high: int) -> int:
         value = int(stripped)
         if low <= value <= high:
             return value
-    shown = repr(text) if len(str(text)) <= 40 else f"{str(text)[:40]!r}..."
-    raise InvalidInput(f"{flag} must be between {low} and {high} (a whole number), not {shown}")
+    raise InvalidInput(
+        f"{flag} must be between {low} and {high} (a whole number), not {_shown(str(text))}"
+    )
 
 
 def discovery_config(args: argparse.Namespace) -> discovery.DiscoveryConfig:
-    devices = tuple(
-        address for item in args.device for address in parse_address_list(item, "--device")
-    )
+    devices = args.device
     socket = args.podresources_socket or ""
     return discovery.DiscoveryConfig(
-        devices=devices,
+        devices=tuple(devices),
+        devices_from=getattr(devices, "origin", "") or "--device",
         resource_patterns=tuple(args.resource_pattern)
         or discovery.DiscoveryConfig().resource_patterns,
         dra_root=Path(args.dra_root),
@@ -321,24 +412,13 @@ def discovery_config(args: argparse.Namespace) -> discovery.DiscoveryConfig:
 
 
 def guest_addresses(args: argparse.Namespace) -> dict[PciAddress, PciAddress]:
-    mapping = {}
-    for item in args.guest_address:
-        host, sep, guest = item.partition("=")
-        if not sep:
-            raise InvalidInput(
-                f"--guest-address {item!r} must be HOST=GUEST, for example 3d:02.2=00:10.0"
-            )
-        try:
-            mapping[PciAddress.parse(host)] = PciAddress.parse(guest)
-        except PciAddressError as err:
-            raise InvalidInput(f"--guest-address {item!r}: {err}") from None
-    return mapping
+    return dict(args.guest_address)
 
 
 def transform_options(args: argparse.Namespace) -> TransformOptions:
     return TransformOptions(
         managed=args.managed,
-        max_bytes=int_option(args.max_domain_bytes, "--max-domain-bytes", 1, 1 << 30),
+        max_bytes=args.max_domain_bytes,
         numa_placement=args.numa_placement,
     )
 
@@ -352,7 +432,7 @@ _USED_BY = (
 
 
 def markdown_table() -> str:
-    """The README's option table, generated from the same definitions (a test compares)."""
+    """The option table of docs/reference.md, generated from these definitions (a test compares)."""
     rows = [
         "| flag | variable | default | used by | meaning |",
         "| --- | --- | --- | --- | --- |",
@@ -360,7 +440,6 @@ def markdown_table() -> str:
     for options, used_by in _USED_BY:
         for option in options:
             default = "off" if option.boolean else (option.doc_default or option.default or "")
-            rows.append(
-                f"| `{option.flag}` | `{option.env}` | {default} | {used_by} | {option.help} |"
-            )
+            flags = " ".join(f"`{flag}`" for flag in (option.flag, *option.aliases))
+            rows.append(f"| {flags} | `{option.env}` | {default} | {used_by} | {option.help} |")
     return "\n".join(rows)

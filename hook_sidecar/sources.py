@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from hook_sidecar import boundedjson
 from hook_sidecar import vmi as vmis
 from hook_sidecar.errors import InvalidInput
 from hook_sidecar.pci import PciAddress, PciAddressError
@@ -48,6 +49,9 @@ class Lookup:
     where: str
     found: Candidates | None = None
     warnings: tuple[str, ...] = ()
+    problem: str | None = None
+    """What is wrong with this source and how to fix it, when it is set up but broken: the
+    first one is what the "nothing found" error tells the user to do first."""
 
 
 @dataclass(frozen=True)
@@ -94,23 +98,63 @@ def mangle_resource(resource: str) -> str:
     return resource.upper().replace("/", "_").replace(".", "_")
 
 
-def override(devices: Sequence[PciAddress]) -> Callable[[SourceInput], Lookup]:
-    """Operator-pinned devices: ``--device`` (already parsed) or ``QAT_HOOK_DEVICES``."""
+def override(
+    devices: Sequence[PciAddress], origin: str = "--device"
+) -> Callable[[SourceInput], Lookup]:
+    """Operator-pinned devices: already parsed from ``origin`` (``--device`` or
+    ``QAT_HOOK_DEVICES``), else ``QAT_HOOK_DEVICES`` read from the call's environment."""
     where = f"--device options and {DEVICES_ENV}"
 
     def look(call: SourceInput) -> Lookup:
         if devices:
-            return Lookup(where, Candidates("override", "--device", dedupe(devices)))
-        pinned = parse_address_list(call.env.get(DEVICES_ENV, ""), DEVICES_ENV)
+            return Lookup(where, Candidates("override", origin, dedupe(devices)))
+        raw = call.env.get(DEVICES_ENV)
+        if raw is None:
+            return Lookup(f"{where} (not set)")
+        pinned = parse_address_list(raw, DEVICES_ENV)
         if pinned:
             return Lookup(where, Candidates("override", DEVICES_ENV, dedupe(pinned)))
-        return Lookup(f"{where} (not set)")
+        return Lookup(
+            f"{where} ({DEVICES_ENV} set but empty)",
+            problem=f"{DEVICES_ENV} is set but empty: set it to the VF's address "
+            "(for example 0000:3d:02.2) or remove it",
+        )
 
     return look
 
 
 _QAT_VAR_RE = re.compile(r"QAT([0-9]{1,6})")
 _PREFIXES = ("PCI_RESOURCE_", "PCIDEVICE_")
+DEVICE_INFO_SUFFIX = "_INFO"
+"""The SR-IOV device plugin sets ``PCIDEVICE_<RESOURCE>_INFO`` beside ``PCIDEVICE_<RESOURCE>``:
+a JSON object keyed by device id (the PCI address), each holding that device's details."""
+
+
+def _device_info_addresses(info: object, name: str) -> tuple[PciAddress, ...]:
+    if not isinstance(info, dict):
+        raise InvalidInput(f"variable {name} is not a device-info object keyed by PCI address")
+    addresses = []
+    for key in info:
+        try:
+            addresses.append(PciAddress.parse(key))
+        except PciAddressError as err:
+            raise InvalidInput(f"variable {name}: device-info key {err}") from None
+    return tuple(addresses)
+
+
+def _addresses_of(env: Mapping[str, str], name: str) -> tuple[PciAddress, ...]:
+    """A variable's addresses; a device-info variable is read by its own shape."""
+    value = env[name]
+    if name.startswith("PCIDEVICE_") and name.endswith(DEVICE_INFO_SUFFIX):
+        if name[: -len(DEVICE_INFO_SUFFIX)] in env:
+            return ()  # it repeats its companion's addresses, with details the hook needs not
+        try:
+            info = boundedjson.loads(value, f"variable {name}", max_depth=8)
+        except boundedjson.NotJson:
+            pass  # not device-info: an address list like any PCIDEVICE_ variable
+        else:
+            return _device_info_addresses(info, name)
+    return parse_address_list(value, f"variable {name}")
 
 
 def environment(patterns: Sequence[str]) -> Callable[[SourceInput], Lookup]:
@@ -135,7 +179,7 @@ def environment(patterns: Sequence[str]) -> Callable[[SourceInput], Lookup]:
         used: list[str] = []
         devices: list[PciAddress] = []
         for name in names:
-            found = parse_address_list(env[name], f"variable {name}")
+            found = _addresses_of(env, name)
             if found:
                 used.append(name)
                 devices.extend(found)

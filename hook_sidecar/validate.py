@@ -56,6 +56,11 @@ def _libvirt() -> Any:
     return libvirt
 
 
+def check_available() -> None:
+    """Raise ``ValidationUnavailable`` now, before anything is written, if libvirt is missing."""
+    _libvirt()
+
+
 def _alias(element: Any) -> str | None:
     alias = element.find("alias")
     return None if alias is None else alias.get("name")

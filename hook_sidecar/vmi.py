@@ -20,30 +20,108 @@ from hook_sidecar.errors import InvalidInput
 ENABLED_ANNOTATION = "qat.vm.kubevirt.io/enabled"
 DEVICES_ANNOTATION = "qat.vm.kubevirt.io/devices"
 DEFAULT_RESOURCE_PATTERNS = ("qat.intel.com/*",)
-MAX_VMI_BYTES = 64 * 1024 * 1024
-"""As large as the server's gRPC message cap; etcd keeps a VMI under about 1.5 MiB."""
+MAX_VMI_BYTES = 2 * 1024 * 1024
+"""The largest VMI JSON read. etcd stores an object of at most about 1.5 MiB, so no VMI
+virt-launcher sends is larger; the server's gRPC message cap is derived from this."""
+GET_VMI = "kubectl get vmi NAME -o json"
 
 Vmi = Mapping[str, Any]
 FieldPath = tuple[str | int, ...]
 """Where a value sits in the VMI; turned into words only when a message needs it."""
 
 
+def _too_large(raw: bytes | str) -> InvalidInput | None:
+    if len(raw) > MAX_VMI_BYTES:
+        return InvalidInput(
+            f"VMI JSON is over {MAX_VMI_BYTES} bytes (etcd keeps a VMI under about 1.5 MiB); "
+            f"pass the VirtualMachineInstance object ({GET_VMI})"
+        )
+    return None
+
+
 def parse_vmi(raw: bytes | str) -> Vmi:
-    """Parse the VMI JSON; an empty payload is an empty VMI (v1alpha1 clients may send none)."""
+    """Parse the VMI JSON virt-launcher sends; an empty payload is an empty VMI (v1alpha1
+    clients may send none)."""
     if not raw or not raw.strip():
         return {}
-    if len(raw) > MAX_VMI_BYTES:
-        raise InvalidInput(
-            f"VMI JSON is over {MAX_VMI_BYTES} bytes; pass the VirtualMachineInstance object "
-            "(kubectl get vmi NAME -o json)"
-        )
+    error = _too_large(raw)
+    if error is not None:
+        raise error
     value = boundedjson.loads(raw, "VMI")
     if not isinstance(value, dict):
         raise InvalidInput(
-            f"VMI JSON is a {type(value).__name__}, expected an object "
+            f"VMI JSON is {_KINDS.get(type(value), 'a number')}, expected an object "
             "(the VirtualMachineInstance as virt-launcher sends it)"
         )
     return value
+
+
+def _template_vmi(vm: Mapping[str, Any], where: str) -> Vmi:
+    """The VMI a VirtualMachine starts: its template, under the VirtualMachine's own name."""
+    template = _mapping(spec(vm).get("template"), ("spec", "template"))
+    if not template:
+        raise InvalidInput(f"{where} is a VirtualMachine without spec.template; pass {GET_VMI}")
+    meta = dict(_mapping(template.get("metadata"), ("spec", "template", "metadata")))
+    vm_meta = metadata(vm)
+    for key in ("name", "namespace"):
+        if key in vm_meta:
+            meta[key] = vm_meta[key]
+    return {
+        "apiVersion": vm.get("apiVersion"),
+        "kind": "VirtualMachineInstance",
+        "metadata": meta,
+        "spec": _mapping(template.get("spec"), ("spec", "template", "spec")),
+    }
+
+
+def read_vmi_file(raw: bytes, where: str) -> tuple[Vmi, str | None]:
+    """The VMI a file given to ``qat-hook`` describes, and a note when the file held a
+    VirtualMachine (its ``spec.template`` is read).
+
+    Stricter than what virt-launcher sends: an empty file, ``{}``, a List or an object
+    of another kind is an error naming what was found, never a VMI that asks for nothing.
+    YAML is not read (the hook has no YAML parser): the error says to pass JSON.
+    """
+    if not raw.strip():
+        raise InvalidInput(f"{where} is empty; pass the VMI as JSON ({GET_VMI})")
+    error = _too_large(raw)
+    if error is not None:
+        raise error
+    try:
+        value = boundedjson.loads(raw, f"VMI {where}")
+    except boundedjson.NotJson as err:
+        if err.at_start:
+            raise InvalidInput(
+                f"VMI {where} is not JSON (YAML is not read); pass {GET_VMI}"
+            ) from None
+        raise
+    if not isinstance(value, dict):
+        raise InvalidInput(
+            f"VMI {where} is {_KINDS.get(type(value), 'a number')}, expected one "
+            f"VirtualMachineInstance object ({GET_VMI})"
+        )
+    if not value:
+        raise InvalidInput(f"VMI {where} is an empty object {{}}; pass {GET_VMI}")
+    kind = _string(value.get("kind"), ("kind",))
+    if kind == "VirtualMachine":
+        return _template_vmi(value, where), (
+            f"{where} is the VirtualMachine {display_name(value)}: "
+            "reading its spec.template, the VMI it starts"
+        )
+    if kind.endswith("List"):
+        items = value.get("items")
+        count = f" of {len(items)} items" if isinstance(items, list) else ""
+        raise InvalidInput(f"{where} is a {kind[:64]}{count}; pass one VMI ({GET_VMI})")
+    if kind and kind != "VirtualMachineInstance":
+        raise InvalidInput(
+            f"{where} is a {kind[:64]}, not a VirtualMachineInstance or VirtualMachine; "
+            f"pass {GET_VMI}"
+        )
+    if not kind and "spec" not in value and "metadata" not in value:
+        raise InvalidInput(
+            f"{where} has no kind, metadata or spec, so it is no VMI; pass {GET_VMI}"
+        )
+    return value, None
 
 
 _KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}

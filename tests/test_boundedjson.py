@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hook_sidecar import boundedjson
-from hook_sidecar.boundedjson import JsonLimitError, field_path
+from hook_sidecar.boundedjson import MAX_VALUES, JsonLimitError, NotJson, field_path
 from tests.test_vmi import nested
 
 
@@ -39,7 +42,18 @@ def test_field_path(path: tuple[str | int, ...], text: str) -> None:
             json.dumps({"spec": {"x": nested(70)}}).encode(),
             "VMI field spec.x[0][0][0][0][0][0]... nests deeper than 64 levels",
         ),
-        (b"[" * 100_000, "VMI nests deeper than 64 levels"),
+        (b"[" * 100_000, "VMI field [0][0][0][0][0][0][0][0]... nests deeper than 64 levels"),
+        (b'{"a": [1, 1\xd9\xa1]}', "VMI is not valid JSON: field a[1] has non-ASCII digits"),
+        (
+            b"[" + b"0," * MAX_VALUES + b"0]",
+            f"VMI holds more than {MAX_VALUES} JSON values (counted up to field [49999]); "
+            "no real one has that many",
+        ),
+        (
+            json.dumps({"m": {f"k{i}": None for i in range(MAX_VALUES)}}).encode(),
+            f"VMI holds more than {MAX_VALUES} JSON values (counted up to field m.k24998); "
+            "no real one has that many",
+        ),
     ],
 )
 def test_loads_messages_in_full(raw: bytes, message: str) -> None:
@@ -53,8 +67,86 @@ def test_a_scalar_document_is_returned() -> None:
     assert boundedjson.loads(b'"x"', "VMI") == "x"
 
 
-def test_explain_has_a_message_even_within_bounds() -> None:
-    """The fallback of the slow walk, should the fast one ever disagree with it."""
+def test_values_at_the_bound_are_read() -> None:
+    """The top-level array and its elements: MAX_VALUES values in all."""
+    assert len(boundedjson.loads(b"[" + b"0," * (MAX_VALUES - 2) + b"0]", "VMI")) == MAX_VALUES - 1
+    keys = {f"k{i}": None for i in range((MAX_VALUES - 1) // 2)}  # each key and value count
+    assert boundedjson.loads(json.dumps(keys), "VMI") == keys
+
+
+def test_the_value_bound_stops_the_reading_where_it_is_crossed() -> None:
+    """What follows the value past the bound is never read: here it is not even JSON."""
+    raw = b"[" + b"{}," * MAX_VALUES + b" this is not JSON"
+    with pytest.raises(JsonLimitError, match="holds more than"):
+        boundedjson.loads(raw, "VMI")
+
+
+def test_a_depth_beyond_pythons_stack_is_refused_too() -> None:
     with pytest.raises(JsonLimitError) as info:
-        boundedjson._explain({"a": [1]}, "VMI", 64)
-    assert str(info.value) == "VMI is outside the bounds on depth and numbers"
+        boundedjson.loads(b"[" * 100_000, "VMI", max_depth=10**6)
+    assert str(info.value) == "VMI nests deeper than Python can read"
+
+
+def test_a_caller_sets_its_own_bounds() -> None:
+    assert boundedjson.loads(b"[[1]]", "file", max_depth=2, max_values=3) == [[1]]
+    with pytest.raises(JsonLimitError, match="file holds more than 2 JSON values"):
+        boundedjson.loads(b"[[1]]", "file", max_values=2)
+    with pytest.raises(JsonLimitError, match=r"file field \[0\]... nests deeper than 1 levels"):
+        boundedjson.loads(b"[[1]]", "file", max_depth=1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "at_start"),
+    [
+        (b"apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n", True),
+        (b"  \n---\n", True),
+        (b"\t\r\napiVersion: v1", True),
+        (b"", True),
+        (b'{"a": }', False),
+        (b'{"a": 1} x', False),
+        ("\ufeff{}", False),
+    ],
+)
+def test_not_json_says_whether_even_the_first_character_is_not(raw: Any, at_start: bool) -> None:
+    with pytest.raises(NotJson) as info:
+        boundedjson.loads(raw, "VMI")
+    assert info.value.at_start is at_start
+    assert str(info.value).startswith("VMI is not valid JSON: ")
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**30), 10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=5)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES, st.sampled_from([None, 0, 2]))
+def test_within_bounds_a_document_reads_as_the_standard_library_reads_it(
+    value: Any, indent: int | None
+) -> None:
+    text = json.dumps(value, indent=indent)
+    assert boundedjson.loads(text, "VMI") == json.loads(text)
+    assert boundedjson.loads(text.encode("utf-16"), "VMI") == json.loads(text.encode("utf-16"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='[]{}",:0123456789.eE+-truefalsnNI \\u\n', max_size=30))
+def test_any_text_reads_as_the_standard_library_or_is_refused(text: str) -> None:
+    try:
+        expected = json.loads(text)
+    except (ValueError, RecursionError):
+        with pytest.raises(JsonLimitError):
+            boundedjson.loads(text, "VMI")
+        return
+    try:
+        assert boundedjson.loads(text, "VMI") == expected
+    except JsonLimitError as err:  # only the bounds the standard library does not have
+        assert "NaN" in str(err) or "Infinity" in str(err) or "float's range" in str(err)

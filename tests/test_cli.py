@@ -7,11 +7,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from hook_sidecar import cli, validate
+from hook_sidecar import validate
+from hook_sidecar.hostdevs import DEFAULT_MAX_BYTES
 from tests.ci import skip_or_fail
 from tests.conftest import EXAMPLES, ROOT, clean_env, run_cli
 
@@ -44,6 +44,15 @@ def test_version() -> None:
     proc = run_cli("--version")
     assert proc.returncode == 0
     assert proc.stdout.decode().startswith("qat-hook 0.")
+
+
+def test_serve_help_names_the_hook_api_version_and_its_shim_spelling() -> None:
+    text = " ".join(run_cli("serve", "--help").stdout.decode().split())
+    assert "--hook-api-version VERSION, --version VERSION hook API version to offer" in text
+    assert "--version is the same option, the name KubeVirt's sidecar-shim uses" in text
+    assert "qat-hook --version prints the program's" in text
+    top = " ".join(run_cli("--help").stdout.decode().split())
+    assert "qat-hook serve --version is the hook API's" in top
 
 
 def test_help_shows_examples() -> None:
@@ -124,7 +133,7 @@ def test_vmi_that_asks_for_nothing_passes_through(tmp_path: Path) -> None:
         (("transform", "/nonexistent.xml", "--device", "3d:02.2"), {}, "cannot read domain XML"),
         (("transform", DOMAIN, "--device", "zz"), {}, "--device: 'zz' is not a PCI address"),
         (("transform", DOMAIN, *NO_SYSFS), {"QAT0": "garbage"}, "variable QAT0: 'garbage'"),
-        (("transform", DOMAIN, "--vmi", VMI, *NO_SYSFS), {}, "no device address was found"),
+        (("transform", DOMAIN, "--vmi", VMI, *NO_SYSFS), {}, "but none was found in"),
         (
             ("transform", DOMAIN, "--vmi", VMI, *NO_SYSFS),
             {"QAT0": "3d:02.2", "QAT1": "3d:02.3"},
@@ -146,7 +155,12 @@ def test_vmi_that_asks_for_nothing_passes_through(tmp_path: Path) -> None:
             "not among the devices to inject",
         ),
         (("transform", str(EXAMPLES / "vmi.json"), "--device", "3d:02.2"), {}, "not well-formed"),
-        (("discover", "--vmi", DOMAIN), {}, "VMI is not valid JSON"),
+        (("discover", "--vmi", DOMAIN), {}, "is not JSON (YAML is not read)"),
+        (
+            ("transform", DOMAIN, "--managed", "maybe"),
+            {},
+            "--managed 'maybe' is not one of no, yes",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(
@@ -174,8 +188,8 @@ def test_failed_validation_exits_1(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ("transform", DOMAIN, "--managed", "maybe"),
         ("transform", DOMAIN, "--bogus"),
+        ("transform", DOMAIN, "--device"),
         ("frobnicate",),
         (),
     ],
@@ -195,6 +209,7 @@ def test_discover_text_and_json() -> None:
     for flag in ("--format", "--output"):  # --output: the older spelling, kept working
         proc = run_cli("discover", "--vmi", VMI, flag, "json", *NO_SYSFS, QAT0="3d:02.2")
         assert proc.returncode == 0, proc.stderr
+        assert (b"--output is now --format" in proc.stderr) == (flag == "--output")
         data = json.loads(proc.stdout)
         assert data["devices"] == ["0000:3d:02.2"]
         assert data["source"] == "environment"
@@ -202,10 +217,32 @@ def test_discover_text_and_json() -> None:
         assert data["warnings"] == []
 
 
-def test_discover_failure_exit_1() -> None:
+def test_discover_failure_is_the_error_then_every_place_looked_at() -> None:
     proc = run_cli("discover", "--vmi", VMI, *NO_SYSFS)
     assert proc.returncode == 1
-    assert "Looked at:" in one_error_line(proc.stderr)
+    lines = proc.stderr.decode().splitlines()
+    assert lines[0].startswith("qat-hook: error: VMI default/vmi-qat asks for a QAT VF")
+    assert lines[1:] == [
+        "qat-hook: looked at: --device options and QAT_HOOK_DEVICES (not set)",
+        "qat-hook: looked at: device-plugin variables QAT<N>, PCI_RESOURCE_QAT_INTEL_COM_*, "
+        "PCIDEVICE_QAT_INTEL_COM_* (none set in this container)",
+        "qat-hook: looked at: DRA metadata under /var/run/kubernetes.io/dra-device-attributes "
+        "(no such directory)",
+        "qat-hook: looked at: VMI annotation qat.vm.kubevirt.io/devices "
+        "(ignored: start the sidecar with --allow-vmi-devices to use it)",
+    ]
+
+
+def test_nothing_found_is_one_short_line() -> None:
+    proc = run_cli("transform", DOMAIN, "--vmi", VMI, *NO_SYSFS)
+    assert proc.returncode == 1
+    line = one_error_line(proc.stderr)
+    assert line == (
+        "qat-hook: error: VMI default/vmi-qat asks for a QAT VF (resource qat.intel.com/generic:"
+        " 1) but none was found in --device/QAT_HOOK_DEVICES, device-plugin variables, DRA "
+        "metadata; first: give the sidecar a device source (see "
+        "docs/how-it-works.md#how-the-vfs-address-reaches-the-sidecar)"
+    )
 
 
 def test_options_come_from_environment() -> None:
@@ -271,7 +308,8 @@ def test_discover_help_explains_every_option() -> None:
     text = run_cli("discover", "--help").stdout.decode()
     flat = " ".join(text.split())
     assert "--vmi VMI.json the VirtualMachineInstance as JSON" in flat
-    assert "--format {text,json}, --output {text,json} text for people, json for scripts" in flat
+    assert "--format {text,json} text for people, json for scripts" in flat
+    assert "--output" not in flat  # transform's --output names a file
     assert "--domain DOMAIN.xml also run the transform on this domain" in flat
 
 
@@ -334,6 +372,12 @@ def test_output_of_transform_is_a_file_not_a_format(tmp_path: Path) -> None:
 
 
 # --- options: flags, variables, values -------------------------------------------------------
+
+
+def test_help_says_which_inputs_are_read() -> None:
+    flat = " ".join(run_cli("transform", "--help").stdout.decode().split())
+    assert "YAML is not read; an empty file, {}, a List or another kind is an error" in flat
+    assert "its spec.template is read as the VMI it starts" in flat
 
 
 def test_variable_value_of_a_choice_option_is_checked() -> None:
@@ -424,94 +468,15 @@ def test_discover_with_a_numa_domain_shows_each_guest_cell(tmp_path: Path) -> No
     assert f"device:   {A_VF}  host NUMA node 1 (sysfs), guest NUMA cell 1" in text
 
 
-# --- building only the parser of the command being run -----------------------------------
-
-PARSE_CASES = [
-    ["serve"],
-    ["serve", "--socket-dir", "/tmp/x", "--version", "v1alpha3", "--device", "3d:02.2"],
-    ["serve", "--plugin-socket", "/run/p.sock", "--warm-up", "off", "--log-format", "text"],
-    ["transform", DOMAIN, "--device", "0000:3d:02.2", "--diff"],
-    ["transform", "--vmi", VMI, "-o", "out.xml", "--numa-placement", "off"],
-    ["discover", "--vmi", VMI, "--format", "json", "--domain", DOMAIN],
-]
-
-
-@pytest.mark.parametrize(
-    ("argv", "command"),
-    [
-        (["serve"], "serve"),
-        (["serve", "--device", "transform"], "serve"),
-        (["--version", "discover"], "discover"),
-        (["-h"], None),
-        (["bogus", "serve"], None),
-        (["--", "serve"], None),
-        ([], None),
-    ],
-)
-def test_command_of_names_the_command_only_when_it_is_certain(
-    argv: list[str], command: str | None
-) -> None:
-    assert cli.command_of(argv) == command
-
-
-@pytest.mark.parametrize("argv", PARSE_CASES)
-def test_the_one_command_parser_parses_as_the_full_one(argv: list[str]) -> None:
-    env = {"QAT_HOOK_VERIFY_SYSFS": "off", "QAT0": "0000:3d:02.2"}
-    full = cli.build_parser(env).parse_args(argv)
-    assert cli.build_parser(env, only=cli.command_of(argv)).parse_args(argv) == full
-
-
-@pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"], ["transform", "--help"]])
-def test_the_one_command_parser_helps_as_the_full_one(
-    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("COLUMNS", "100")
-    texts = []
-    for parser in (cli.build_parser({}), cli.build_parser({}, only=cli.command_of(argv))):
-        with pytest.raises(SystemExit):
-            parser.parse_args(argv)
-        texts.append(capsys.readouterr().out)
-    assert texts[0] == texts[1]
-    assert "transform" in texts[0]
-
-
-def test_main_builds_only_the_parser_of_the_command_it_runs(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    built: list[str | None] = []
-    real = cli.build_parser
-
-    def recording(environ: Any = None, only: str | None = None) -> Any:
-        built.append(only)
-        parser = real(environ, only)
-        # The other commands are listed but have no options of their own.
-        commands = next(a for a in parser._actions if a.dest == "command")
-        for name, sub in commands.choices.items():  # type: ignore[union-attr]
-            has_options = any(action.dest == "verify_sysfs" for action in sub._actions)
-            assert has_options == (name == only)
-        return parser
-
-    served: list[str] = []
-
-    def serve(args: Any) -> int:
-        served.append(args.socket_dir)
-        return 0
-
-    monkeypatch.setattr(cli, "build_parser", recording)
-    monkeypatch.setattr(cli, "run_serve", serve)
-    assert cli.main(["serve", "--socket-dir", "/tmp/h"]) == 0
-    monkeypatch.setattr(sys, "argv", ["qat-hook", "serve", "--socket-dir", "/tmp/i"])
-    assert cli.main() == 0
-    assert built == ["serve", "serve"]
-    assert served == ["/tmp/h", "/tmp/i"]
-
-
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (("transform", "/dev/zero"), "domain XML is 16777217 bytes, over the limit of 16777216"),
-        (("transform", DOMAIN, "--vmi", "/dev/zero"), "VMI JSON is over 67108864 bytes"),
-        (("discover", "--vmi", "/dev/zero"), "VMI JSON is over 67108864 bytes"),
+        (
+            ("transform", "/dev/zero"),
+            f"domain XML is {DEFAULT_MAX_BYTES + 1} bytes, over the limit of {DEFAULT_MAX_BYTES}",
+        ),
+        (("transform", DOMAIN, "--vmi", "/dev/zero"), "VMI JSON is over 2097152 bytes"),
+        (("discover", "--vmi", "/dev/zero"), "VMI JSON is over 2097152 bytes"),
     ],
 )
 def test_endless_input_files_are_read_only_to_their_bound(
@@ -521,3 +486,211 @@ def test_endless_input_files_are_read_only_to_their_bound(
     proc = run_cli(*args, *NO_SYSFS, QAT0=A_VF)
     assert proc.returncode == 1
     assert needle in one_error_line(proc.stderr)
+
+
+# --- what --vmi takes ---------------------------------------------------------------------------
+
+VM_EXAMPLE = {
+    "apiVersion": "kubevirt.io/v1",
+    "kind": "VirtualMachine",
+    "metadata": {"name": "vm-qat", "namespace": "prod"},
+    "spec": {
+        "runStrategy": "Always",
+        "template": {
+            "spec": {
+                "domain": {
+                    "resources": {"limits": {"qat.intel.com/generic": "1"}},
+                    "memory": {"reservedOverhead": {"memLock": "Required"}},
+                }
+            }
+        },
+    },
+}
+
+
+def test_a_virtual_machine_is_understood_and_said_so(tmp_path: Path) -> None:
+    vm = tmp_path / "vm.json"
+    vm.write_text(json.dumps(VM_EXAMPLE))
+    proc = run_cli("transform", DOMAIN, "--vmi", str(vm), *NO_SYSFS, QAT0=A_VF)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (EXAMPLES / "domain-with-qat.xml").read_bytes()
+    assert proc.stderr.decode().splitlines()[0] == (
+        f"qat-hook: note: {vm} is the VirtualMachine prod/vm-qat: reading its spec.template, "
+        "the VMI it starts"
+    )
+    found = run_cli("discover", "--vmi", str(vm), *NO_SYSFS, QAT0=A_VF)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.decode().splitlines()[:2] == [
+        f"note: {vm} is the VirtualMachine prod/vm-qat: reading its spec.template, the VMI it "
+        "starts",
+        "inject 1 device(s): resource qat.intel.com/generic: 1",
+    ]
+    data = json.loads(run_cli("discover", "--vmi", str(vm), "--format", "json", QAT0=A_VF).stdout)
+    assert data["note"].endswith(
+        "is the VirtualMachine prod/vm-qat: reading its spec.template, the VMI it starts"
+    )
+    assert data["devices"] == [A_VF]
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("", "is empty; pass the VMI as JSON (kubectl get vmi NAME -o json)"),
+        ("{}", "is an empty object {}"),
+        (json.dumps({"kind": "List", "items": [VM_EXAMPLE]}), "is a List of 1 items; pass one VMI"),
+        (json.dumps({"kind": "Pod", "metadata": {}}), "is a Pod, not a VirtualMachineInstance"),
+        ((EXAMPLES / "vmi-qat.yaml").read_text(), "is not JSON (YAML is not read)"),
+    ],
+)
+@pytest.mark.parametrize("command", ["transform", "discover"])
+def test_input_that_is_not_a_vmi_is_an_error_never_no_qat_wanted(
+    tmp_path: Path, content: str, needle: str, command: str
+) -> None:
+    vmi = tmp_path / "input.json"
+    vmi.write_text(content)
+    args = ("transform", DOMAIN) if command == "transform" else ("discover",)
+    proc = run_cli(*args, "--vmi", str(vmi), *NO_SYSFS, QAT0=A_VF)
+    assert proc.returncode == 1
+    line = one_error_line(proc.stderr)
+    assert line.startswith("qat-hook: error: ") and needle in line
+    assert proc.stdout == b""
+
+
+def test_a_vmi_on_stdin_is_named_stdin() -> None:
+    proc = run_cli("discover", "--vmi", "-", stdin=b"{}")
+    assert one_error_line(proc.stderr) == (
+        "qat-hook: error: VMI stdin is an empty object {}; pass kubectl get vmi NAME -o json"
+    )
+
+
+# --- where a device came from, and what is said -------------------------------------------------
+
+
+def test_a_device_from_the_variable_is_logged_as_from_the_variable() -> None:
+    proc = run_cli("transform", DOMAIN, *NO_SYSFS, QAT_HOOK_DEVICES=A_VF)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.decode() == (
+        f"qat-hook: added ua-qat-0 for {A_VF} (from override: QAT_HOOK_DEVICES)\n"
+    )
+    flag = run_cli("transform", DOMAIN, "--device", A_VF, *NO_SYSFS, QAT_HOOK_DEVICES=A_VF)
+    assert "(from override: --device)" in flag.stderr.decode()
+
+
+def test_an_empty_device_variable_is_set_but_empty() -> None:
+    proc = run_cli("transform", DOMAIN, "--vmi", VMI, *NO_SYSFS, QAT_HOOK_DEVICES="")
+    assert proc.returncode == 1
+    assert one_error_line(proc.stderr).endswith(
+        "first: QAT_HOOK_DEVICES is set but empty: set it to the VF's address "
+        "(for example 0000:3d:02.2) or remove it"
+    )
+
+
+def test_discover_writes_warnings_to_stderr_like_transform(tmp_path: Path) -> None:
+    """Default --verify-sysfs warn with an empty sysfs: the report on stdout, warnings apart."""
+    args = ("--vmi", VMI, "--sysfs-root", str(tmp_path))
+    proc = run_cli("discover", *args, QAT0=A_VF)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning:" not in proc.stdout.decode()
+    assert proc.stderr.decode() == (
+        f"qat-hook: warning: sysfs: {A_VF} does not exist under {tmp_path}/bus/pci/devices\n"
+    )
+    transform = run_cli("transform", DOMAIN, *args, QAT0=A_VF)
+    assert transform.stderr.decode().splitlines()[0] == proc.stderr.decode().strip()
+
+
+def test_a_file_name_with_a_newline_cannot_forge_a_line(tmp_path: Path) -> None:
+    """The DRA file's name reaches the "added" line; its newline is escaped there."""
+    request = tmp_path / "dra" / "resourceclaims" / "claim" / "vf\nqat-hook: added ua-qat-9 for x"
+    request.mkdir(parents=True)
+    (request / "q-metadata.json").write_text(
+        json.dumps(
+            {
+                "requests": [
+                    {
+                        "devices": [
+                            {"attributes": {"resource.kubernetes.io/pciBusID": {"string": A_VF}}}
+                        ]
+                    }
+                ]
+            }
+        )
+    )
+    proc = run_cli("transform", DOMAIN, "--dra-root", str(tmp_path / "dra"), *NO_SYSFS)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.decode().splitlines()
+    assert lines == [
+        f"qat-hook: added ua-qat-0 for {A_VF} (from dra: resourceclaims/claim/"
+        "vf\\nqat-hook: added ua-qat-9 for x/q-metadata.json)"
+    ]
+    text = run_cli("discover", "--vmi", VMI, "--dra-root", str(tmp_path / "dra"), *NO_SYSFS)
+    assert [line for line in text.stdout.decode().splitlines() if "ua-qat-9" in line] == [
+        "  source:   dra (resourceclaims/claim/vf\\nqat-hook: added ua-qat-9 for x/q-metadata.json)"
+    ]
+
+
+# --- nothing is written or reported as added before a check that can fail ------------------------
+
+
+def test_validate_without_libvirt_fails_before_writing_or_adding(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "libvirt.py").write_text("raise ImportError('libvirt-python is not installed')\n")
+    out = tmp_path / "out.xml"
+    proc = run_cli(
+        "transform",
+        DOMAIN,
+        "--device",
+        A_VF,
+        "-o",
+        str(out),
+        "--validate",
+        *NO_SYSFS,
+        PYTHONPATH=f"{blocker}:{ROOT}",
+    )
+    assert proc.returncode == 1
+    assert one_error_line(proc.stderr).startswith(
+        "qat-hook: error: --validate needs libvirt-python"
+    )
+    assert not out.exists()
+
+
+def test_an_unwritable_output_fails_before_anything_is_reported_as_added(tmp_path: Path) -> None:
+    out = tmp_path / "no-such-dir" / "out.xml"
+    proc = run_cli("transform", DOMAIN, "--device", A_VF, "-o", str(out), *NO_SYSFS)
+    assert proc.returncode == 1
+    assert one_error_line(proc.stderr) == (
+        f"qat-hook: error: cannot write {out}: No such file or directory"
+    )
+
+
+def test_the_numa_example_runs_without_warnings() -> None:
+    numa = EXAMPLES / "numa"
+    proc = run_cli(
+        "transform",
+        str(numa / "domain.xml"),
+        "--vmi",
+        str(numa / "vmi.json"),
+        "--device",
+        "0000:3d:01.0",
+        "--device",
+        "0000:b1:01.0",
+        "--sysfs-root",
+        str(numa / "sysfs"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr.decode()
+
+
+def test_a_usage_error_quoting_an_argument_stays_one_line() -> None:
+    proc = run_cli("transform", DOMAIN, "--bogus\nqat-hook: added ua-qat-0 for x")
+    assert proc.returncode == 2
+    assert "--bogus\\nqat-hook: added" in one_error_line(proc.stderr)
+
+
+def test_the_virtual_machine_example_is_read_as_its_vmi() -> None:
+    """examples/cli/vm.json is examples/vmi.json's VM: the same devices, the same domain."""
+    vm = str(EXAMPLES / "cli" / "vm.json")
+    proc = run_cli("transform", DOMAIN, "--vmi", vm, *NO_SYSFS, QAT0=A_VF)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (EXAMPLES / "domain-with-qat.xml").read_bytes()
+    assert "is the VirtualMachine default/vm-qat" in proc.stderr.decode()

@@ -148,7 +148,7 @@ def test_environment_source(
 
 def test_other_resources_are_not_qat(tmp_path: Path) -> None:
     env = {"PCI_RESOURCE_INTEL_COM_SRIOV_NET": A, "PCIDEVICE_NVIDIA_COM_GPU": B}
-    with pytest.raises(PreconditionFailed, match="no device address was found"):
+    with pytest.raises(PreconditionFailed, match="but none was found in"):
         d.discover(ASKS_ONE, env, config(tmp_path))
 
 
@@ -288,8 +288,9 @@ def test_dra_devices_without_pci_attribute_are_ignored(tmp_path: Path) -> None:
     document = json.loads(path.read_text())
     del document["requests"][0]["devices"][0]["attributes"]["resource.kubernetes.io/pciBusID"]
     path.write_text(json.dumps(document))
-    with pytest.raises(PreconditionFailed, match=r"no device with resource\.kubernetes\.io/pci"):
+    with pytest.raises(PreconditionFailed) as info:
         d.discover(ASKS_ONE, {}, config(tmp_path))
+    assert "all claims: no device with resource.kubernetes.io/pciBusID)" in info.value.details[2]
 
 
 def test_dra_bad_address_fails_naming_the_file(tmp_path: Path) -> None:
@@ -305,7 +306,7 @@ def test_annotation_ignored_unless_allowed(tmp_path: Path) -> None:
     vmi = make_vmi({"qat.intel.com/generic": "1"}, {"qat.vm.kubevirt.io/devices": A})
     with pytest.raises(PreconditionFailed) as info:
         d.discover(vmi, {}, config(tmp_path))
-    assert "ignored: start the sidecar with --allow-vmi-devices" in str(info.value)
+    assert "ignored: start the sidecar with --allow-vmi-devices" in info.value.details[-1]
     found = d.discover(vmi, {}, config(tmp_path, allow_vmi_devices=True))
     assert (addresses(found), found.source) == ([A], "vmi-annotation")
 
@@ -328,19 +329,17 @@ def test_count_mismatch_names_both_numbers_and_source(tmp_path: Path) -> None:
     assert "but 2 were found in environment (QAT0, QAT1)" in message
 
 
-def test_nothing_found_lists_every_place(tmp_path: Path) -> None:
+def test_nothing_found_lists_every_place_in_the_details(tmp_path: Path) -> None:
     with pytest.raises(PreconditionFailed) as info:
         d.discover(ASKS_ONE, {}, config(tmp_path))
-    message = str(info.value)
-    for place in (
-        "VMI ns1/vm1 asks for a QAT VF (resource qat.intel.com/generic: 1)",
+    assert info.value.details == (
         "--device options and QAT_HOOK_DEVICES (not set)",
-        "device-plugin variables QAT<N>, PCI_RESOURCE_QAT_INTEL_COM_*, PCIDEVICE_QAT_INTEL_COM_*",
+        "device-plugin variables QAT<N>, PCI_RESOURCE_QAT_INTEL_COM_*, "
+        "PCIDEVICE_QAT_INTEL_COM_* (none set in this container)",
         f"DRA metadata under {tmp_path / 'dra'} (no such directory)",
-        "VMI annotation qat.vm.kubevirt.io/devices (ignored",
-        "How the VF's address reaches the sidecar",
-    ):
-        assert place in message
+        "VMI annotation qat.vm.kubevirt.io/devices "
+        "(ignored: start the sidecar with --allow-vmi-devices to use it)",
+    )
 
 
 def test_on_missing_skip_passes_through_with_warning(tmp_path: Path) -> None:
@@ -589,7 +588,7 @@ def test_a_remote_source_is_asked_while_nothing_is_found() -> None:
     calls: list[str] = []
     chosen = (fixed("empty", calls=calls), fixed("kubelet", A, remote=True, calls=calls))
     warnings: list[str] = []
-    winner, looked = d._first_found(chosen, CALL, warnings)
+    winner, looked = d._first_found(chosen, CALL, warnings, [])
     assert winner is not None and (winner.source, addresses_of(winner)) == ("kubelet", [A])
     assert (calls, looked, warnings) == (["empty", "kubelet"], ["empty place", "kubelet place"], [])
 
@@ -603,7 +602,7 @@ def test_after_a_winner_remote_sources_are_skipped_and_local_ones_still_read() -
         fixed("env", B, calls=calls),
     )
     warnings: list[str] = []
-    winner, looked = d._first_found(chosen, CALL, warnings)
+    winner, looked = d._first_found(chosen, CALL, warnings, [])
     assert winner is not None and winner.source == "pin"
     assert calls == ["pin", "bad", "env"]
     assert looked == ["pin place", "env place"]
@@ -651,14 +650,43 @@ def test_nothing_found_message_in_full(tmp_path: Path) -> None:
     with pytest.raises(PreconditionFailed) as info:
         d.discover(ASKS_ONE, {}, cfg)
     assert str(info.value) == (
-        "VMI ns1/vm1 asks for a QAT VF (resource qat.intel.com/generic: 1) but no device "
-        "address was found. Looked at: --device options and QAT_HOOK_DEVICES (not set); "
-        "device-plugin variables QAT<N>, PCI_RESOURCE_QAT_INTEL_COM_*, "
-        "PCIDEVICE_QAT_INTEL_COM_* (none set in this container); "
-        f"DRA metadata under {tmp_path / 'dra'} (no such directory); "
-        "VMI annotation qat.vm.kubevirt.io/devices (not set). "
-        'See the README section "How the VF\'s address reaches the sidecar".'
+        "VMI ns1/vm1 asks for a QAT VF (resource qat.intel.com/generic: 1) but none was found "
+        "in --device/QAT_HOOK_DEVICES, device-plugin variables, DRA metadata, the VMI's devices "
+        "annotation; first: give the sidecar a device source (see "
+        "docs/how-it-works.md#how-the-vfs-address-reaches-the-sidecar)"
     )
+    assert len(str(info.value)) < 300
+    without = config(tmp_path)  # the annotation is no place looked at unless allowed
+    with pytest.raises(PreconditionFailed, match="DRA metadata; first: give"):
+        d.discover(ASKS_ONE, {}, without)
+
+
+def test_nothing_found_names_the_first_broken_source_and_its_fix(tmp_path: Path) -> None:
+    """An empty QAT_HOOK_DEVICES is set but empty, the first thing to fix."""
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(ASKS_ONE, {"QAT_HOOK_DEVICES": " "}, config(tmp_path))
+    assert str(info.value).endswith(
+        "DRA metadata; first: QAT_HOOK_DEVICES is set but empty: set it to the VF's address "
+        "(for example 0000:3d:02.2) or remove it"
+    )
+    assert info.value.details[0] == (
+        "--device options and QAT_HOOK_DEVICES (QAT_HOOK_DEVICES set but empty)"
+    )
+
+
+def test_a_broken_source_is_a_warning_when_another_finds_the_device(tmp_path: Path) -> None:
+    found = d.discover(ASKS_ONE, {"QAT_HOOK_DEVICES": "", "QAT0": A}, config(tmp_path))
+    assert found.source == "environment"
+    assert found.warnings == (
+        "QAT_HOOK_DEVICES is set but empty: set it to the VF's address "
+        "(for example 0000:3d:02.2) or remove it",
+    )
+
+
+def test_devices_name_where_they_were_given(tmp_path: Path) -> None:
+    for origin in ("--device", "QAT_HOOK_DEVICES"):
+        cfg = config(tmp_path, devices=(PciAddress.parse(A),), devices_from=origin)
+        assert d.discover(ASKS_ONE, {}, cfg).detail == origin
 
 
 def test_on_missing_skip_outcome_in_full(tmp_path: Path) -> None:
@@ -673,7 +701,7 @@ def test_on_missing_skip_outcome_in_full(tmp_path: Path) -> None:
     assert len(found.warnings) == 1
     assert found.warnings[0].startswith("VMI ns1/vm1 asks for a QAT VF")
     assert found.warnings[0].endswith(
-        'reaches the sidecar". Passing the domain through (--on-missing skip).'
+        "how-the-vfs-address-reaches-the-sidecar) Passing the domain through (--on-missing skip)."
     )
 
 
@@ -696,4 +724,38 @@ def test_strict_sysfs_message_in_full(tmp_path: Path) -> None:
         "sysfs check failed (--verify-sysfs strict): 0000:3d:02.2 is bound to 4xxxvf, not "
         "vfio-pci; the device plugin or the node setup must bind it to vfio-pci; "
         f"0000:3d:02.3 does not exist under {tmp_path / 'sys' / 'bus' / 'pci' / 'devices'}"
+    )
+
+
+def test_nothing_found_for_a_vmi_without_a_name_says_the_vmi(tmp_path: Path) -> None:
+    vmi = {"spec": {"domain": {"resources": {"limits": {"qat.intel.com/generic": "1"}}}}}
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(vmi, {}, config(tmp_path))
+    assert str(info.value).startswith(
+        "the VMI asks for a QAT VF (resource qat.intel.com/generic: 1) but none was found in "
+    )
+
+
+def test_nothing_found_names_kubelet_when_it_is_a_source(tmp_path: Path) -> None:
+    cfg = config(tmp_path, podresources_socket=tmp_path / "pod-resources" / "kubelet.sock")
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(ASKS_ONE, {}, cfg)
+    assert "none was found in --device/QAT_HOOK_DEVICES, device-plugin variables, kubelet, " in (
+        str(info.value)
+    )
+
+
+def test_skip_keeps_every_broken_source_as_a_warning(tmp_path: Path) -> None:
+    bad = tmp_path / "dra" / "resourceclaims" / "c" / "r"
+    bad.mkdir(parents=True)
+    (bad / "x-metadata.json").write_text("[]")
+    skipped = f"DRA metadata: skipped {bad / 'x-metadata.json'}: the document is not an object"
+    found = d.discover(ASKS_ONE, {"QAT_HOOK_DEVICES": ""}, config(tmp_path, on_missing="skip"))
+    assert found.warnings == (
+        skipped,
+        "VMI ns1/vm1 asks for a QAT VF (resource qat.intel.com/generic: 1) but none was found "
+        "in --device/QAT_HOOK_DEVICES, device-plugin variables, DRA metadata; first: "
+        "QAT_HOOK_DEVICES is set but empty: set it to the VF's address (for example "
+        "0000:3d:02.2) or remove it Passing the domain through (--on-missing skip).",
+        f"{skipped} (1 problem(s) in all)",
     )

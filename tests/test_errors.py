@@ -201,3 +201,9 @@ def test_one_line_cut_never_splits_a_character() -> None:
 
 def test_one_line_with_no_room_keeps_only_the_mark() -> None:
     assert one_line("x" * 100, limit=10) == " ... [cut: 100 more bytes]"
+
+
+def test_an_error_has_no_details_unless_given() -> None:
+    assert HookError("x").details == ()
+    assert PreconditionFailed("x", details=("a", "b")).details == ("a", "b")
+    assert str(PreconditionFailed("x", details=("a",))) == "x"

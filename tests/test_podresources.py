@@ -9,10 +9,17 @@ kubelet on a machine without a cluster.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket as sockets
+import stat
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +28,23 @@ import grpc
 import pytest
 
 from hook_sidecar import discovery as d
+from hook_sidecar import podresources
 from hook_sidecar._generated import podresources_v1_pb2 as pb
 from hook_sidecar._generated import podresources_v1_pb2_grpc as pb_grpc
+from hook_sidecar._generated import v1alpha3_pb2, v1alpha3_pb2_grpc
 from hook_sidecar.discovery import HostNode
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
 from hook_sidecar.pci import PciAddress
-from tests.conftest import EXAMPLES, run_cli, start_server
+from tests.ci import skip_or_fail
+from tests.conftest import (
+    EXAMPLES,
+    ROOT,
+    clean_env,
+    qat_hook_command,
+    run_cli,
+    spawn_server,
+    start_server,
+)
 from tests.test_server import define
 
 A, B, C = "0000:3d:02.2", "0000:3d:02.3", "0000:af:01.0"
@@ -219,7 +237,12 @@ def test_no_matching_pod_lists_what_kubelet_was_asked(
         d.discover(VMI, {}, config(socket, tmp_path))
     assert (
         f"kubelet PodResources at {socket} (no pod default/virt-launcher-vmi-qat-* on this node)"
-        in str(info.value)
+        in info.value.details
+    )
+    assert str(info.value).endswith(
+        "first: kubelet answered, but no pod default/virt-launcher-vmi-qat-* on this node; the "
+        "sidecar finds its pod by POD_NAME and POD_NAMESPACE (downward API: metadata.name, "
+        "metadata.namespace), else by the VMI's name"
     )
 
 
@@ -227,7 +250,7 @@ def test_unknown_pod_on_get(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -
     _, socket = kubelet
     env = {"POD_NAME": "virt-launcher-gone-aaaaa", "POD_NAMESPACE": "default"}
     with pytest.raises(
-        PreconditionFailed, match="kubelet knows no pod default/virt-launcher-gone-aaaaa"
+        PreconditionFailed, match="first: kubelet answered, but kubelet knows no pod default/virt"
     ):
         d.discover(VMI, env, config(socket, tmp_path))
 
@@ -235,8 +258,13 @@ def test_unknown_pod_on_get(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -
 def test_pod_without_qat_devices(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -> None:
     fake, socket = kubelet
     fake.pods = [launcher(POD, "default", devices("devices.kubevirt.io/kvm", "kvm0"))]
-    with pytest.raises(PreconditionFailed, match="no matching device on container compute"):
+    with pytest.raises(PreconditionFailed) as info:
         d.discover(VMI, {}, config(socket, tmp_path))
+    assert str(info.value).endswith(
+        f"first: kubelet allocated no qat.intel.com/* device to pod default/{POD} container "
+        "compute; the VMI's resource request must name the device plugin's resource "
+        "(see --resource-pattern)"
+    )
 
 
 def test_garbage_device_ids(kubelet: tuple[FakeKubelet, Path], tmp_path: Path) -> None:
@@ -273,7 +301,7 @@ def test_hanging_kubelet_hits_the_deadline(
     finally:
         fake.released.set()
     assert fake.calls == ["List"]
-    assert any("did not answer (DEADLINE_EXCEEDED" in w for w in result.warnings)
+    assert any("kubelet did not answer within 0.3 s" in w for w in result.warnings)
     assert not result.wanted  # skip: nothing else had devices
 
 
@@ -281,10 +309,12 @@ def test_the_default_deadline_is_two_seconds() -> None:
     assert d.DiscoveryConfig().podresources_deadline == 2.0
 
 
-def test_socket_missing(tmp_path: Path) -> None:
+def test_socket_not_mounted_is_a_source_not_set_up(tmp_path: Path) -> None:
     with pytest.raises(PreconditionFailed) as info:
-        d.discover(VMI, {}, config(tmp_path / "nope.sock", tmp_path))
-    assert "(no socket mounted)" in str(info.value)
+        d.discover(VMI, {}, config(tmp_path / "pod-resources" / "kubelet.sock", tmp_path))
+    assert "kubelet PodResources at" in info.value.details[2]
+    assert info.value.details[2].endswith("(no socket mounted)")
+    assert "first: give the sidecar a device source" in str(info.value)
 
 
 def test_dead_socket_is_a_warning_then_next_source(tmp_path: Path) -> None:
@@ -311,7 +341,11 @@ def test_dead_socket_is_a_warning_then_next_source(tmp_path: Path) -> None:
     cfg = config(dead, tmp_path, dra_root=tmp_path / "dra", podresources_deadline=0.5)
     result = d.discover(VMI, {}, cfg)
     assert result.source == "dra"
-    assert any("did not answer (UNAVAILABLE" in w for w in result.warnings)
+    assert result.warnings == (
+        f"cannot reach kubelet's PodResources socket {dead} as {podresources.identity()}: "
+        "nothing listens on it; kubelet is down or restarting, or the socket file itself was "
+        "mounted and is stale: mount the directory /var/lib/kubelet/pod-resources, not the socket",
+    )
 
 
 def test_environment_wins_and_kubelet_is_not_asked(
@@ -461,3 +495,223 @@ def test_concurrent_discoveries(kubelet: tuple[FakeKubelet, Path], tmp_path: Pat
         thread.join(10)
     assert results == [[A, B]] * 8
     assert fake.calls == ["List"] * 8
+
+
+# --- reaching kubelet's socket as the manifests run the hook -------------------------------------
+#
+# kubelet makes /var/lib/kubelet/pod-resources 0750 root:root and creates its socket under
+# root's umask (0755: only root may connect). These tests build exactly that, then run
+# discovery in a child process as the hook runs: uid 107 with every capability dropped
+# (the non-root variants), or uid 0 with every capability dropped (the podresources
+# variants), using setpriv, so the kernel's own permission checks decide.
+
+ROOT_FIX = (
+    "kubelet keeps that directory 0750 root:root and its socket root's, so run the sidecar "
+    "as uid 0 with every capability dropped (runAsUser: 0, capabilities: drop: [ALL]), "
+    "as the podresources manifests do"
+)
+
+CHILD = r"""
+import json, sys
+from pathlib import Path
+from hook_sidecar import discovery
+from hook_sidecar.errors import HookError, status_code_name
+
+cfg = discovery.DiscoveryConfig(
+    podresources_socket=Path(sys.argv[1]), dra_root=Path("/nonexistent"), verify_sysfs="off",
+    podresources_deadline=5.0,
+)
+status = open("/proc/self/status").read()
+caps = status.split("CapEff:")[1].split()[0]
+try:
+    found = discovery.discover(json.loads(sys.argv[2]), {}, cfg)
+    print(json.dumps({"caps": caps, "devices": [str(a) for a in found.devices]}))
+except HookError as err:
+    print(json.dumps({"caps": caps, "status": status_code_name(err), "message": str(err)}))
+"""
+
+
+def as_user(uid: int | None) -> list[str]:
+    """setpriv's words that run a command as ``uid`` (None: root) with no capability left."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        skip_or_fail("needs root and setpriv to run the hook as the manifests' users")
+    words = ["setpriv", "--inh-caps=-all", "--bounding-set=-all"]
+    if uid is not None:
+        words[1:1] = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    return words
+
+
+def discover_as(uid: int | None, socket: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [*as_user(uid), sys.executable, "-c", CHILD, str(socket), json.dumps(VMI)],
+        capture_output=True,
+        env=clean_env(),
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    assert result.pop("caps") == "0000000000000000"  # really no capability at all
+    return result
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Path]:
+    """A node's /var/lib/kubelet stand-in that other users may traverse (tmp_path is 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="kubelet-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def kubelet_at(folder: Path, mode: int, fake: FakeKubelet) -> Iterator[Path]:
+    """A fake kubelet serving in ``folder`` (made with ``mode``, root:root) under umask 022."""
+    folder.mkdir(mode=0o700)
+    os.chown(folder, 0, 0)
+    socket = folder / "kubelet.sock"
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_PodResourcesListerServicer_to_server(fake, server)
+    previous = os.umask(0o022)
+    try:
+        server.add_insecure_port(f"unix:{socket}")
+        server.start()
+    finally:
+        os.umask(previous)
+    folder.chmod(mode)
+    try:
+        yield socket
+    finally:
+        server.stop(0)
+
+
+def test_kubelet_files_made_as_kubelet_makes_them(node: Path) -> None:
+    fake = FakeKubelet(pods=[launcher(POD, "default", devices("qat.intel.com/generic", A, B))])
+    with kubelet_at(node / "pod-resources", 0o750, fake) as socket:
+        folder = os.stat(socket.parent)
+        assert (stat.S_IMODE(folder.st_mode), folder.st_uid, folder.st_gid) == (0o750, 0, 0)
+        assert stat.S_IMODE(os.stat(socket).st_mode) & 0o022 == 0  # no one else may write
+
+
+def test_as_uid_107_the_directory_refuses_and_the_error_says_who_and_what_to_do(
+    node: Path,
+) -> None:
+    fake = FakeKubelet(pods=[launcher(POD, "default", devices("qat.intel.com/generic", A, B))])
+    with kubelet_at(node / "pod-resources", 0o750, fake) as socket:
+        result = discover_as(107, socket)
+    assert result["status"] == "FAILED_PRECONDITION"
+    assert result["message"].endswith(
+        f"first: cannot reach kubelet's PodResources socket {socket} as uid 107 gid 107: "
+        f"permission denied on {socket.parent} (mode 0750, owner 0:0) or the socket; {ROOT_FIX}"
+    )
+    assert "\n" not in result["message"]
+    assert fake.calls == []
+
+
+def test_as_uid_107_a_root_socket_in_an_open_directory_refuses_too(node: Path) -> None:
+    fake = FakeKubelet(pods=[launcher(POD, "default", devices("qat.intel.com/generic", A, B))])
+    with kubelet_at(node / "pod-resources", 0o755, fake) as socket:
+        mode = stat.S_IMODE(os.stat(socket).st_mode)
+        result = discover_as(107, socket)
+    assert result["status"] == "FAILED_PRECONDITION"
+    assert (
+        f"as uid 107 gid 107: permission denied on {socket.parent} (mode 0755, owner 0:0) "
+        f"or the socket (mode {mode:04o}, owner 0:0); " in result["message"]
+    )
+
+
+def test_as_root_without_any_capability_the_owner_reads_the_allocation(node: Path) -> None:
+    """No CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH: uid 0 gets in as the directory's owner."""
+    fake = FakeKubelet(pods=[launcher(POD, "default", devices("qat.intel.com/generic", A, B))])
+    with kubelet_at(node / "pod-resources", 0o750, fake) as socket:
+        assert discover_as(None, socket) == {"devices": [A, B]}
+    assert fake.calls == ["List"]
+
+
+def test_as_root_without_any_capability_another_owners_directory_refuses(node: Path) -> None:
+    """The same child really has no capability: a directory root does not own stays shut."""
+    fake = FakeKubelet(pods=[launcher(POD, "default", devices("qat.intel.com/generic", A, B))])
+    with kubelet_at(node / "pod-resources", 0o750, fake) as socket:
+        os.chown(socket.parent, 1000, 1000)
+        result = discover_as(None, socket)
+    assert result["status"] == "FAILED_PRECONDITION"
+    assert "as uid 0 gid 0: permission denied on" in result["message"]
+
+
+def test_no_socket_in_a_mounted_directory(node: Path, tmp_path: Path) -> None:
+    folder = node / "pod-resources"
+    folder.mkdir()
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(VMI, {}, config(folder / "kubelet.sock", tmp_path))
+    assert str(info.value).endswith(
+        f"first: cannot reach kubelet's PodResources socket {folder / 'kubelet.sock'} as "
+        f"{podresources.identity()}: {folder} is there but holds no kubelet.sock; check that "
+        "kubelet runs and that the host's /var/lib/kubelet/pod-resources directory is mounted "
+        "there"
+    )
+
+
+def test_a_socket_path_too_long_for_unix_sockets(tmp_path: Path) -> None:
+    socket = tmp_path / ("d" * 120) / "kubelet.sock"
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(VMI, {}, config(socket, tmp_path))
+    assert str(info.value).endswith(
+        f"as {podresources.identity()}: the path is {len(str(socket))} bytes, more than a unix "
+        "socket takes (107); mount the directory at a shorter path and set "
+        "--podresources-socket to it"
+    )
+
+
+def test_a_path_component_too_long_for_the_file_system(tmp_path: Path) -> None:
+    socket = Path("/") / ("d" * 300)
+    with pytest.raises(PreconditionFailed) as info:
+        d.discover(VMI, {}, config(socket, tmp_path))
+    assert "more than a unix socket takes (107)" in str(info.value)
+
+
+def test_over_grpc_as_uid_107_the_call_fails_with_failed_precondition(
+    node: Path, domain_xml: bytes, vmi_json: bytes
+) -> None:
+    """The real server as the non-root manifests run it, a real client, kubelet's modes."""
+    hooks = node / "hooks"
+    hooks.mkdir()
+    os.chown(hooks, 107, 107)
+    fake = FakeKubelet(pods=[launcher(POD, "default", devices("qat.intel.com/generic", A))])
+    with kubelet_at(node / "pod-resources", 0o750, fake) as socket:
+        command = [
+            *as_user(107),
+            *qat_hook_command(
+                "serve",
+                "--verify-sysfs",
+                "off",
+                "--socket-dir",
+                str(hooks),
+                "--podresources-socket",
+                str(socket),
+                "--dra-root",
+                "/nonexistent",
+            ),
+        ]
+        process, log = spawn_server(command, node, clean_env(QAT_HOOK_PODRESOURCES_SOCKET=""))
+        try:
+            log.wait_for(lambda line: "ready: serving on" in line)
+            with grpc.insecure_channel(f"unix:{hooks / 'qat.sock'}") as channel:
+                stub = v1alpha3_pb2_grpc.CallbacksStub(channel)
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.OnDefineDomain(
+                        v1alpha3_pb2.OnDefineDomainParams(domainXML=domain_xml, vmi=vmi_json),
+                        timeout=30,
+                    )
+        finally:
+            process.terminate()
+            process.wait(10)
+            log.join()
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (info.value.details() or "").endswith(
+        f"first: cannot reach kubelet's PodResources socket {socket} as uid 107 gid 107: "
+        f"permission denied on {socket.parent} (mode 0750, owner 0:0) or the socket; {ROOT_FIX}"
+    )
+    assert not any("internal error" in line for line in log.lines())

@@ -30,10 +30,18 @@ def test_describe_an_injection() -> None:
             "  device:   0000:3d:02.2  host NUMA node 1 (sysfs)",
             "  device:   0000:3d:02.3  host NUMA node unknown (no numa_node)",
             "  device:   0000:3d:02.4  host NUMA node unknown",
-            "warning: first",
-            "warning: second",
         ]
     )
+
+
+def test_describe_escapes_what_is_not_ours() -> None:
+    """A DRA file name with a newline cannot start a line of its own."""
+    found = Discovery(
+        wanted=True, reason="r", devices=(A,), source="dra", detail="c/r/x\ninject 9 device(s)"
+    )
+    lines = report.describe(found).splitlines()
+    assert lines[1] == "  source:   dra (c/r/x\\ninject 9 device(s))"
+    assert len(lines) == 4
 
 
 def test_describe_with_guest_cells() -> None:
@@ -52,7 +60,7 @@ def test_describe_without_an_expected_count() -> None:
 
 
 def test_describe_no_injection() -> None:
-    assert report.describe(NOT_WANTED) == "no injection: the VMI requests nothing\nwarning: skipped"
+    assert report.describe(NOT_WANTED) == "no injection: the VMI requests nothing"
 
 
 def test_json_of_an_injection() -> None:

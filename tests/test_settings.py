@@ -25,26 +25,115 @@ def parse(*argv: str, **environ: str) -> argparse.Namespace:
     return cli.build_parser(environ).parse_args(list(argv))
 
 
+PA, PB, PC = (PciAddress.parse(x) for x in (A, B, C))
+
+
 def test_repeatable_option_from_its_variable_alone() -> None:
     args = parse("transform", QAT_HOOK_DEVICES=f"{A}, {B},")
-    assert args.device == [A, B]
-    assert not [name for name in vars(args) if name.startswith("_env")]
+    assert args.device == [PA, PB]
+    assert settings.discovery_config(args).devices_from == "QAT_HOOK_DEVICES"
 
 
 def test_flags_replace_the_variable_then_accumulate() -> None:
     args = parse("transform", "--device", C, "--device", f"{A},{B}", QAT_HOOK_DEVICES=A)
-    assert args.device == [C, A, B]
+    assert args.device == [PC, PA, PB]
+    assert settings.discovery_config(args).devices_from == "--device"
 
 
 def test_the_variable_list_is_not_changed_by_a_parse() -> None:
     parser = cli.build_parser({"QAT_HOOK_DEVICES": A})
     parser.parse_args(["transform", "--device", B])
-    assert parser.parse_args(["transform"]).device == [A]
+    assert parser.parse_args(["transform"]).device == [PA]
 
 
 def test_no_variable_no_flag_is_an_empty_list() -> None:
     args = parse("serve")
-    assert args.device == [] and args.version == []
+    assert args.device == [] and args.hook_api_version == []
+
+
+def test_an_empty_variable_is_an_empty_list_from_the_variable() -> None:
+    args = parse("transform", QAT_HOOK_DEVICES="")
+    assert args.device == []
+    assert settings.discovery_config(args).devices == ()
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        (("transform", "--managed", "maybe"), {}, "--managed 'maybe' is not one of no, yes"),
+        (
+            ("transform",),
+            {"QAT_HOOK_MANAGED": "maybe"},
+            "QAT_HOOK_MANAGED='maybe' is not one of no, yes",
+        ),
+        (("transform", "--device", "zz"), {}, "--device: 'zz' is not a PCI address"),
+        (("transform",), {"QAT_HOOK_DEVICES": "3d:02.2,zz"}, "QAT_HOOK_DEVICES: 'zz' is not"),
+        (
+            ("transform", "--guest-address", "3d:02.2"),
+            {},
+            "--guest-address '3d:02.2' must be HOST=GUEST",
+        ),
+        (
+            ("transform",),
+            {"QAT_HOOK_GUEST_ADDRESSES": "3d:02.2=zz"},
+            "QAT_HOOK_GUEST_ADDRESSES='3d:02.2=zz': 'zz' is not",
+        ),
+        (
+            ("transform",),
+            {"QAT_HOOK_MAX_DOMAIN_BYTES": "0"},
+            "QAT_HOOK_MAX_DOMAIN_BYTES must be between 1 and 1073741824",
+        ),
+        (("serve", "--workers", "17"), {}, "--workers must be between 1 and 16"),
+        (
+            ("serve",),
+            {"QAT_HOOK_VERSIONS": "v1alpha1,v9"},
+            "QAT_HOOK_VERSIONS: unknown hook API version v9; "
+            "offer some of v1alpha1, v1alpha2, v1alpha3",
+        ),
+        (("serve", "--version", "v9"), {}, "--hook-api-version: unknown hook API version v9"),
+        (
+            ("serve",),
+            {"QAT_HOOK_LOG_LEVEL": "loud"},
+            "QAT_HOOK_LOG_LEVEL='loud' is not one of debug, info",
+        ),
+        (
+            ("serve",),
+            {"QAT_HOOK_ALLOW_VMI_DEVICES": "ture"},
+            "QAT_HOOK_ALLOW_VMI_DEVICES='ture' is not one of true, false",
+        ),
+    ],
+)
+def test_each_value_is_checked_where_it_is_parsed_naming_flag_or_variable(
+    argv: tuple[str, ...], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse(*argv, **environ)
+    assert message in str(info.value)
+
+
+def test_checked_values_reach_the_core_as_values() -> None:
+    args = parse(
+        "serve",
+        "--guest-address",
+        f"{A}=00:10.0",
+        QAT_HOOK_WORKERS=" 3 ",
+        QAT_HOOK_MAX_DOMAIN_BYTES="100",
+        QAT_HOOK_ALLOW_VMI_DEVICES="Yes",
+    )
+    assert settings.guest_addresses(args) == {PA: PciAddress.parse("00:10.0")}
+    assert (args.workers, settings.transform_options(args).max_bytes) == (3, 100)
+    assert settings.discovery_config(args).allow_vmi_devices is True
+
+
+def test_version_is_the_hook_api_version_under_serve() -> None:
+    assert parse("serve", "--version", "v1alpha2").hook_api_version == ["v1alpha2"]
+    assert parse("serve", "--hook-api-version", "v1alpha3").hook_api_version == ["v1alpha3"]
+
+
+def test_the_versions_offered_are_the_ones_served() -> None:
+    from hook_sidecar import callbacks
+
+    assert settings.HOOK_API_VERSIONS == callbacks.ALL_VERSIONS
 
 
 def test_discovery_config_from_variables_only() -> None:
@@ -100,12 +189,6 @@ def test_int_option(text: str, value: int | None) -> None:
         assert settings.int_option(text, "--workers", 1, 16) == value
 
 
-def test_check_choices_names_the_variable() -> None:
-    args = parse("serve", QAT_HOOK_VERSIONS="v1alpha1,v9", QAT_HOOK_LOG_FORMAT="json")
-    with pytest.raises(InvalidInput, match=r"QAT_HOOK_VERSIONS='v9' is not one of v1alpha1"):
-        settings.check_choices(args, cli.ALL_OPTIONS)
-
-
 def test_serve_config_from_arguments() -> None:
     config = cli.serve_config(
         parse("serve", "--socket-dir", "/x", "--version", "v1alpha2", QAT_HOOK_WORKERS="3")
@@ -115,7 +198,7 @@ def test_serve_config_from_arguments() -> None:
     plugin_only = cli.serve_config(parse("serve", "--plugin-socket", "/p/qat.sock"))
     assert (plugin_only.hook_socket, plugin_only.plugin_socket) == (None, Path("/p/qat.sock"))
     with pytest.raises(InvalidInput, match="--workers must be between 1 and 16"):
-        cli.serve_config(parse("serve", "--workers", "0"))
+        parse("serve", "--workers", "0")
 
 
 CORE = (

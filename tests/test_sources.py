@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -83,9 +84,17 @@ def test_override_from_the_variable() -> None:
     )
 
 
-@pytest.mark.parametrize("env", [{}, {"QAT_HOOK_DEVICES": ""}, {"QAT_HOOK_DEVICES": " , "}])
-def test_override_not_set(env: dict[str, str]) -> None:
-    assert sources.override(())(call(env)) == Lookup(f"{OVERRIDE_WHERE} (not set)")
+def test_override_not_set() -> None:
+    assert sources.override(())(call({})) == Lookup(f"{OVERRIDE_WHERE} (not set)")
+
+
+@pytest.mark.parametrize("value", ["", " , "])
+def test_override_set_but_empty_is_a_problem(value: str) -> None:
+    assert sources.override(())(call({"QAT_HOOK_DEVICES": value})) == Lookup(
+        f"{OVERRIDE_WHERE} (QAT_HOOK_DEVICES set but empty)",
+        problem="QAT_HOOK_DEVICES is set but empty: set it to the VF's address "
+        "(for example 0000:3d:02.2) or remove it",
+    )
 
 
 def test_override_variable_malformed() -> None:
@@ -149,3 +158,70 @@ def test_vmi_annotation_malformed() -> None:
     with pytest.raises(InvalidInput) as info:
         sources.vmi_annotation(True)(call(vmi=annotated("x")))
     assert str(info.value) == f"annotation {ANNOTATION}: {NOT_AN_ADDRESS}"
+
+
+# --- the SR-IOV device plugin's device-info variable -----------------------------------------
+
+DEVICE_INFO = json.dumps(
+    {
+        "0000:3d:02.2": {
+            "generic": {"deviceID": "0000:3d:02.2"},
+            "vfio": {"mount": "/dev/vfio/vfio"},
+        },
+        "0000:3d:02.3": {"generic": {"deviceID": "0000:3d:02.3"}},
+    }
+)
+
+
+def test_device_info_beside_its_variable_is_skipped() -> None:
+    """The plugin sets both; the _INFO one repeats the addresses with details."""
+    env = {
+        "PCIDEVICE_QAT_INTEL_COM_GENERIC": "0000:3d:02.2,0000:3d:02.3",
+        "PCIDEVICE_QAT_INTEL_COM_GENERIC_INFO": DEVICE_INFO,
+    }
+    assert sources.environment(("qat.intel.com/*",))(call(env)) == Lookup(
+        ENV_WHERE, Candidates("environment", "PCIDEVICE_QAT_INTEL_COM_GENERIC", (A, B))
+    )
+
+
+def test_device_info_alone_is_read_by_its_keys() -> None:
+    env = {"PCIDEVICE_QAT_INTEL_COM_GENERIC_INFO": DEVICE_INFO}
+    assert sources.environment(("qat.intel.com/*",))(call(env)) == Lookup(
+        ENV_WHERE, Candidates("environment", "PCIDEVICE_QAT_INTEL_COM_GENERIC_INFO", (A, B))
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "[1]",
+            "variable PCIDEVICE_QAT_INTEL_COM_X_INFO is not a device-info object keyed by "
+            "PCI address",
+        ),
+        (
+            '{"eth0": {}}',
+            "variable PCIDEVICE_QAT_INTEL_COM_X_INFO: device-info key 'eth0' is "
+            "not a PCI address; expected DDDD:BB:SS.F or BB:SS.F in hex, for example 0000:3d:02.2 "
+            "or 3d:02.2",
+        ),
+        (
+            '{"a": ' * 9 + "1" + "}" * 9,
+            "variable PCIDEVICE_QAT_INTEL_COM_X_INFO field "
+            "a.a.a.a.a.a.a.a... nests deeper than 8 levels",
+        ),
+    ],
+)
+def test_device_info_of_another_shape_is_named(value: str, message: str) -> None:
+    env = {"PCIDEVICE_QAT_INTEL_COM_X_INFO": value}
+    with pytest.raises(InvalidInput) as info:
+        sources.environment(("qat.intel.com/*",))(call(env))
+    assert str(info.value) == message
+
+
+def test_a_plain_info_suffixed_variable_is_an_address_list() -> None:
+    """A resource whose own name ends in _INFO still reads as addresses."""
+    env = {"PCIDEVICE_QAT_INTEL_COM_INFO": "3d:02.2"}
+    assert sources.environment(("qat.intel.com/*",))(call(env)).found == Candidates(
+        "environment", "PCIDEVICE_QAT_INTEL_COM_INFO", (A,)
+    )

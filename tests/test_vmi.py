@@ -39,7 +39,7 @@ def nested(depth: int) -> Any:
 @pytest.mark.parametrize(
     ("raw", "needle"),
     [
-        (b"[" * 100_000, "VMI nests deeper than 64 levels"),
+        (b"[" * 100_000, "nests deeper than 64 levels"),
         (b'{"spec": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests deeper than"),
         (json.dumps({"spec": {"x": nested(70)}}).encode(), "VMI field spec.x[0][0]"),
         (b'{"metadata": {"generation": ' + b"9" * 5000 + b"}}", "metadata.generation is a number"),
@@ -63,7 +63,111 @@ def test_size_bound_is_checked_before_parsing() -> None:
     assert vmis.parse_vmi(at_bound + b" ")["a"].startswith("x")
     with pytest.raises(InvalidInput) as info:
         vmis.parse_vmi(at_bound + b"  ")
-    assert str(info.value).startswith(f"VMI JSON is over {vmis.MAX_VMI_BYTES} bytes;")
+    assert str(info.value) == (
+        "VMI JSON is over 2097152 bytes (etcd keeps a VMI under about 1.5 MiB); "
+        "pass the VirtualMachineInstance object (kubectl get vmi NAME -o json)"
+    )
+
+
+def test_the_size_cap_fits_what_etcd_stores() -> None:
+    assert vmis.MAX_VMI_BYTES == 2 * 1024 * 1024
+
+
+# --- a file given to the CLI: a VMI, a VirtualMachine, or an error naming what it is -----------
+
+VM = {
+    "apiVersion": "kubevirt.io/v1",
+    "kind": "VirtualMachine",
+    "metadata": {"name": "vm-qat", "namespace": "prod", "annotations": {"vm-only": "x"}},
+    "spec": {
+        "runStrategy": "Always",
+        "template": {
+            "metadata": {
+                "labels": {"app": "qat"},
+                "annotations": {"qat.vm.kubevirt.io/enabled": "true"},
+            },
+            "spec": {"domain": {"resources": {"limits": {"qat.intel.com/generic": "1"}}}},
+        },
+    },
+}
+
+
+def test_a_virtual_machine_is_read_as_the_vmi_its_template_starts() -> None:
+    vmi, note = vmis.read_vmi_file(json.dumps(VM).encode(), "vm.json")
+    assert vmi == {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": {
+            "labels": {"app": "qat"},
+            "annotations": {"qat.vm.kubevirt.io/enabled": "true"},
+            "name": "vm-qat",
+            "namespace": "prod",
+        },
+        "spec": {"domain": {"resources": {"limits": {"qat.intel.com/generic": "1"}}}},
+    }
+    assert (
+        note
+        == "vm.json is the VirtualMachine prod/vm-qat: reading its spec.template, the VMI it starts"
+    )
+    assert request(vmi).expected == 1
+
+
+def test_a_vmi_file_is_read_as_it_is() -> None:
+    vmi = {"kind": "VirtualMachineInstance", "metadata": {"name": "a"}}
+    assert vmis.read_vmi_file(json.dumps(vmi).encode(), "f") == (vmi, None)
+    kindless = {"metadata": {"name": "a"}}  # as tests and older tools write them
+    assert vmis.read_vmi_file(json.dumps(kindless).encode(), "f") == (kindless, None)
+
+
+GET = "kubectl get vmi NAME -o json"
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", f"f is empty; pass the VMI as JSON ({GET})"),
+        (b" \n", f"f is empty; pass the VMI as JSON ({GET})"),
+        (b"{}", f"VMI f is an empty object {{}}; pass {GET}"),
+        (b"[]", f"VMI f is a list, expected one VirtualMachineInstance object ({GET})"),
+        (b'"x"', f"VMI f is a string, expected one VirtualMachineInstance object ({GET})"),
+        (
+            json.dumps({"kind": "List", "items": [VM, VM]}).encode(),
+            f"f is a List of 2 items; pass one VMI ({GET})",
+        ),
+        (
+            json.dumps({"kind": "VirtualMachineInstanceList", "items": []}).encode(),
+            f"f is a VirtualMachineInstanceList of 0 items; pass one VMI ({GET})",
+        ),
+        (
+            json.dumps({"kind": "Pod", "metadata": {}}).encode(),
+            f"f is a Pod, not a VirtualMachineInstance or VirtualMachine; pass {GET}",
+        ),
+        (
+            json.dumps({"kind": "VirtualMachine", "spec": {}}).encode(),
+            f"f is a VirtualMachine without spec.template; pass {GET}",
+        ),
+        (b'{"a": 1}', f"f has no kind, metadata or spec, so it is no VMI; pass {GET}"),
+        (b'{"kind": 5}', "VMI field kind is a number, expected a string"),
+        (b'{"kind": "List"}', f"f is a List; pass one VMI ({GET})"),
+        (
+            json.dumps({"kind": "K" * 70}).encode(),
+            f"f is a {'K' * 64}, not a VirtualMachineInstance or VirtualMachine; pass {GET}",
+        ),
+        (
+            b"apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n",
+            f"VMI f is not JSON (YAML is not read); pass {GET}",
+        ),
+        (b"---\napiVersion: v1\n", f"VMI f is not JSON (YAML is not read); pass {GET}"),
+        (b'{"a": ]', "VMI f is not valid JSON: Expecting value: line 1 column 7 (char 6)"),
+        (b"x" * (vmis.MAX_VMI_BYTES + 1), "VMI JSON is over 2097152 bytes"),
+    ],
+)
+def test_a_file_that_holds_no_vmi_is_an_error_naming_what_it_holds(
+    raw: bytes, message: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        vmis.read_vmi_file(raw, "f")
+    assert str(info.value).startswith(message)
 
 
 def test_depth_at_the_bound_is_accepted() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grpc
 
+from hook_sidecar.boundedjson import MAX_VALUES
 from tests.conftest import ServerProcess
 from tests.test_server import define, define_error
 from tests.test_vmi import LIMIT_FIELD
@@ -19,7 +20,8 @@ def test_over_grpc_each_bound_is_invalid_argument_and_the_server_serves_on(
     """A real client over the real socket: the status and the field, then a good call works."""
     quantity = b'{"spec": {"domain": {"resources": {"limits": {"qat.intel.com/generic": "'
     cases = [
-        (b"[" * 100_000, "VMI nests deeper than 64 levels"),
+        (b"[" * 100_000, "VMI field [0][0][0][0][0][0][0][0]... nests deeper than 64 levels"),
+        (b"[" + b"{}," * MAX_VALUES + b"{}]", f"VMI holds more than {MAX_VALUES} JSON values"),
         (quantity + b"1" * 5000 + b'"}}}}}', f"VMI field {LIMIT_FIELD} has quantity"),
         (b'{"metadata": []}', "VMI field metadata is a list"),
     ]
