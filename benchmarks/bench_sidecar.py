@@ -36,7 +36,21 @@ in a built image's root file system, with the image's entrypoint and environment
 
 ``--leak`` adds the RSS after 1,000 and after 10,000 further calls over 32 clients.
 
+``--flavor server|shim`` (with ``--rootfs`` of that flavor's built image) measures the figures
+the two image flavors are compared by, under KubeVirt's own hook manager (the ``hookdriver``
+peer, ``scripts/peers.sh``): ``--instances`` copies of the entrypoint, each chrooted as uid 107
+in its own mount namespace with a socket directory bound at /run/kubevirt-hooks (the shim
+always serves there); median uss_mib, pss_mib and ready_cpu_ms (CPU of all threads from exec
+until the socket answers Info, from schedstat; for the shim, the Go server's), and p50_ms, the
+hook manager's OnDefineDomain wall time (the shim's includes starting ``onDefineDomain``;
+cpu_per_call_ms adds the CPU of the script it ran). For the server flavor the same run serves
+a plain grpcio server that returns the domain unchanged (same protos, same Python, same
+chroot) in rounds alternating with the hook's: echo_p50_ms, p50_minus_echo_ms, and
+passthrough_minus_echo_ms (a VMI that asks for nothing: the server's own cost without the
+transform). Each line starts with the flavor.
+
     python benchmarks/bench_sidecar.py [--instances N] [--calls N] [--levers] [--leak] [--json]
+    python benchmarks/bench_sidecar.py --flavor shim --rootfs DIR --entrypoint JSON [--image-env ..]
 
 With --json the last line of stdout is one JSON object with exactly the KEYS.
 """
@@ -169,6 +183,10 @@ class Launch:
             if not key.startswith(("QAT", "PCI_RESOURCE_", "PCIDEVICE_", "POD_", "PYTHON"))
         }
         return {**inherited, "PYTHONPATH": str(ROOT), **SERVER_ENV, **self.env, **self.extra_env}
+
+    def rootfs_tmp(self) -> Path:
+        assert self.rootfs is not None
+        return self.rootfs / "tmp"
 
     def with_env(self, name: str, **env: str) -> Launch:
         return replace(self, name=name, extra_env={**self.extra_env, **env})
@@ -500,6 +518,240 @@ def run(
     return numbers
 
 
+# --- the image flavors under KubeVirt's hook manager ------------------------------------------
+
+# A plain grpcio server that returns the domain unchanged: the floor the server flavor is
+# compared with. The same generated protos and Python as the hook; no options, two workers.
+ECHO_SERVER = """\
+import sys
+from concurrent.futures import ThreadPoolExecutor
+import grpc
+from hook_sidecar._generated import info_pb2, info_pb2_grpc, v1alpha3_pb2, v1alpha3_pb2_grpc
+class Info(info_pb2_grpc.InfoServicer):
+    def Info(self, request, context):
+        return info_pb2.InfoResult(name="echo", versions=["v1alpha3"],
+            hookPoints=[info_pb2.HookPoint(name="OnDefineDomain")])
+class Callbacks(v1alpha3_pb2_grpc.CallbacksServicer):
+    def OnDefineDomain(self, request, context):
+        return v1alpha3_pb2.OnDefineDomainResult(domainXML=request.domainXML)
+server = grpc.server(ThreadPoolExecutor(2))
+info_pb2_grpc.add_InfoServicer_to_server(Info(), server)
+v1alpha3_pb2_grpc.add_CallbacksServicer_to_server(Callbacks(), server)
+server.add_insecure_port("unix:" + sys.argv[1])
+server.start()
+server.wait_for_termination()
+"""
+HOOKS_IN_IMAGE = "/run/kubevirt-hooks"  # the shim's fixed /var/run/kubevirt-hooks (Debian)
+SHIM_MAX_CALLS = 100  # each call starts a process: ~50-100 ms
+ROUNDS = 6  # server and echo alternate, so drift on a busy machine hits both alike
+FLAVOR_KEYS = (
+    "uss_mib",
+    "pss_mib",
+    "ready_cpu_ms",
+    "p50_ms",
+    "cpu_per_call_ms",
+    "echo_p50_ms",
+    "p50_minus_echo_ms",
+    "passthrough_minus_echo_ms",
+)
+FLAVOR_TARGETS = {
+    "shim": {"uss_mib": 3.5, "p50_ms": 50},
+    "server": {"uss_mib": 12, "ready_cpu_ms": 60, "p50_minus_echo_ms": 0.3},
+}
+
+
+def thread_cpu_ms(pid: int) -> float:
+    """CPU of ``pid``'s living threads in ns resolution (schedstat), not 10 ms ticks."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e6
+
+
+def total_cpu_ms(pid: int) -> float:
+    """CPU of ``pid`` and of the children it has waited for (the shim's script runs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) * 1000 / TICKS
+
+
+@dataclass
+class Sidecar:
+    """One copy of a flavor's entrypoint; ``hooks`` is the directory the hook manager scans."""
+
+    process: subprocess.Popen[bytes]
+    hooks: Path
+    ready_cpu_ms: float
+
+    def stop(self) -> None:
+        Instance(self.process, "", 0, 0).stop()
+        shutil.rmtree(self.hooks, ignore_errors=True)
+
+
+def flavor_command(launch: Launch, socket_dir: Path, argv: Sequence[str]) -> list[str]:
+    """``argv`` chrooted in the image as uid 107, ``socket_dir`` bound at /run/kubevirt-hooks.
+
+    A mount namespace per copy: the shim always serves in that one directory.
+    """
+    assert launch.rootfs is not None
+    mount_point = launch.rootfs / HOOKS_IN_IMAGE.lstrip("/")
+    mount_point.mkdir(parents=True, exist_ok=True)
+    pairs = [f"{key}={value}" for key, value in {**SERVER_ENV, **launch.env}.items()]
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount --bind "$1" "$2" && shift 2 && exec "$@"',
+        "sh",
+        str(socket_dir),
+        str(mount_point),
+        "chroot",
+        "--userspec=107:107",
+        str(launch.rootfs),
+        "/usr/bin/env",
+        "-i",
+        *pairs,
+        *argv,
+    ]
+
+
+def start_sidecar(launch: Launch, argv: Sequence[str], name: str) -> Sidecar:
+    """Start one copy; its CPU when its socket first answers Info."""
+    hooks = Path(tempfile.mkdtemp(prefix="qbf-"))
+    socket_dir = hooks / "hook-sidecar-0"  # as virt-launcher sees a sidecar's directory
+    socket_dir.mkdir()
+    socket_dir.chmod(0o777)
+    process = subprocess.Popen(
+        flavor_command(launch, socket_dir, argv),
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    started = time.perf_counter()
+    while True:
+        sockets = list(socket_dir.glob("*.sock"))
+        if sockets and answers_info(f"unix:{sockets[0]}"):
+            return Sidecar(process, hooks, thread_cpu_ms(process.pid))
+        if process.poll() is not None:
+            shutil.rmtree(hooks, ignore_errors=True)
+            raise SystemExit(f"bench: {name} exited with {process.returncode}")
+        if time.perf_counter() - started > 60:
+            process.kill()
+            raise SystemExit(f"bench: {name} not ready after 60 s")
+        time.sleep(0.002)
+
+
+def manager_calls(driver: str, hooks: Path, vmi: Path, calls: int) -> list[float]:
+    """Wall times (ms) of ``calls`` OnDefineDomain calls by KubeVirt's hook manager."""
+    with tempfile.TemporaryDirectory(prefix="qbf-report-") as tmp:
+        report = Path(tmp) / "report.json"
+        subprocess.run(
+            [
+                driver,
+                "-hooks-dir",
+                str(hooks),
+                "-vmi",
+                str(vmi),
+                "-domain",
+                str(ROOT / "examples" / "domain.xml"),
+                "-calls",
+                str(calls),
+                "-shutdown=false",
+                "-report",
+                str(report),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=600,
+        )
+        times: list[float] = json.loads(report.read_text())["callMs"]
+    return times[min(3, len(times) - 1) :]  # the first calls pay for lazy set-up
+
+
+def flavor_run(
+    flavor: str, launch: Launch, argv: Sequence[str], count: int, calls: int, driver: str
+) -> dict[str, float]:
+    """The flavor figures: ``count`` copies at once, then calls through the hook manager."""
+    numbers: dict[str, float] = {}
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="qbf-vmi-") as tmp:
+        vmi, nothing = ROOT / "examples" / "vmi.json", Path(tmp) / "nothing.json"
+        nothing.write_bytes(example_request(asks_nothing=True).vmi)
+        start_sidecar(launch, argv, flavor).stop()  # a throw-away start warms the caches
+        copies = []
+        for _ in range(count):
+            copy = start_sidecar(launch, argv, flavor)
+            stack.callback(copy.stop)
+            copies.append(copy)
+        memory = [smaps_mib(copy.process.pid) for copy in copies]
+        numbers["uss_mib"] = round(statistics.median(uss for uss, _ in memory), 1)
+        numbers["pss_mib"] = round(statistics.median(pss for _, pss in memory), 1)
+        numbers["ready_cpu_ms"] = round(statistics.median(c.ready_cpu_ms for c in copies), 2)
+        subject = copies[0]
+        if flavor == "shim":
+            calls = min(calls, SHIM_MAX_CALLS)
+            before = total_cpu_ms(subject.process.pid)
+            times = manager_calls(driver, subject.hooks, vmi, calls)
+            numbers["cpu_per_call_ms"] = round(
+                (total_cpu_ms(subject.process.pid) - before) / calls, 2
+            )
+            numbers["p50_ms"] = round(statistics.median(times), 2)
+            return numbers
+        echo_source = Path(tempfile.mkdtemp(prefix="qat-echo-", dir=launch.rootfs_tmp()))
+        stack.callback(shutil.rmtree, echo_source, True)
+        (echo_source / "echo.py").write_text(ECHO_SERVER)
+        echo_source.chmod(0o755)
+        inside = f"/tmp/{echo_source.name}/echo.py"
+        echo = start_sidecar(launch, ["python3", inside, f"{HOOKS_IN_IMAGE}/echo.sock"], "echo")
+        stack.callback(echo.stop)
+        per_round = max(10, calls // ROUNDS)
+        hook, echoed, passthrough = [], [], []
+        before = total_cpu_ms(subject.process.pid)
+        for _ in range(ROUNDS):
+            hook += manager_calls(driver, subject.hooks, vmi, per_round)
+            echoed += manager_calls(driver, echo.hooks, vmi, per_round)
+            passthrough += manager_calls(driver, subject.hooks, nothing, per_round)
+        spent = total_cpu_ms(subject.process.pid) - before
+        numbers["cpu_per_call_ms"] = round(spent / (2 * ROUNDS * per_round), 3)
+        numbers["p50_ms"] = round(statistics.median(hook), 3)
+        numbers["echo_p50_ms"] = round(statistics.median(echoed), 3)
+        numbers["p50_minus_echo_ms"] = round(numbers["p50_ms"] - numbers["echo_p50_ms"], 3)
+        numbers["passthrough_minus_echo_ms"] = round(
+            statistics.median(passthrough) - numbers["echo_p50_ms"], 3
+        )
+    return numbers
+
+
+def print_flavor(flavor: str, numbers: Mapping[str, float]) -> None:
+    targets = FLAVOR_TARGETS.get(flavor, {})
+    for key in FLAVOR_KEYS:
+        if key not in numbers:
+            continue
+        value, note = numbers[key], ""
+        if key in targets:
+            note = f"  (target <= {targets[key]}: {'ok' if value <= targets[key] else 'OVER'})"
+        print(f"{flavor} {key} {value}{note}")
+
+
+def hookdriver_path(given: str | None) -> str:
+    if given:
+        return given
+    found = subprocess.run(
+        [str(ROOT / "scripts" / "peers.sh"), "path", "hookdriver"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode != 0:
+        raise SystemExit(
+            "bench: --flavor needs KubeVirt's hook manager: run scripts/peers.sh build "
+            "(or give --hookdriver PATH)"
+        )
+    return found.stdout.strip()
+
+
 def image_launch(rootfs: str, entrypoint: str, env: Sequence[str]) -> Launch:
     argv = tuple(json.loads(entrypoint))
     pairs = dict(item.split("=", 1) for item in env)
@@ -531,7 +783,28 @@ def main() -> int:
     parser.add_argument(
         "--image-env", action="append", default=[], metavar="K=V", help="the image's env"
     )
+    parser.add_argument(
+        "--flavor",
+        choices=("server", "shim"),
+        help="the image flavor figures under KubeVirt's hook manager (needs --rootfs)",
+    )
+    parser.add_argument("--hookdriver", help="the hookdriver peer (default: scripts/peers.sh's)")
     args = parser.parse_args()
+    if args.flavor:
+        if not (args.rootfs and args.entrypoint):
+            parser.error("--flavor needs --rootfs and --entrypoint of that flavor's image")
+        launch = image_launch(args.rootfs, args.entrypoint, args.image_env)
+        driver = hookdriver_path(args.hookdriver)
+        numbers = flavor_run(args.flavor, launch, launch.argv, args.instances, args.calls, driver)
+        print(
+            f"{args.flavor} machine: {platform.machine()}, {os.cpu_count()} cores; image root "
+            f"{args.rootfs}, entrypoint {args.entrypoint}, uid 107; {args.instances} "
+            f"instances, calls by KubeVirt's hook manager"
+        )
+        print_flavor(args.flavor, numbers)
+        if args.json:
+            print(json.dumps(numbers))
+        return 0
     if args.rootfs:
         if not args.entrypoint:
             parser.error("--rootfs needs --entrypoint")

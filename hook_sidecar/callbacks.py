@@ -16,18 +16,13 @@ from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
-from hook_sidecar import logs
+from hook_sidecar import logs, unary
 from hook_sidecar._generated import (
     info_pb2,
-    info_pb2_grpc,
     plugins_v1alpha1_pb2,
-    plugins_v1alpha1_pb2_grpc,
     v1alpha1_pb2,
-    v1alpha1_pb2_grpc,
     v1alpha2_pb2,
-    v1alpha2_pb2_grpc,
     v1alpha3_pb2,
-    v1alpha3_pb2_grpc,
 )
 from hook_sidecar.errors import HookError, one_line, status_code_name
 from hook_sidecar.hook import HookOutcome, HookSettings, on_define_domain
@@ -64,13 +59,18 @@ def status_for(error: HookError) -> grpc.StatusCode:
 
 
 class HookRunner:
-    """Runs one callback: the hook, its log lines, and the error-to-status mapping."""
+    """Runs one callback: the hook, its log lines, and the error-to-status mapping.
 
-    def __init__(self, hook: Hook) -> None:
+    At most ``concurrency`` calls run the hook at once (each holds its documents in
+    memory); the others wait their turn.
+    """
+
+    def __init__(self, hook: Hook, concurrency: int = 2) -> None:
         self._hook = hook
         self._log = logs.get()
         self._lock = threading.Lock()
         self._running = 0
+        self._turns = threading.BoundedSemaphore(concurrency)
 
     @property
     def running(self) -> int:
@@ -90,7 +90,8 @@ class HookRunner:
         with self._lock:
             self._running += 1
         try:
-            outcome = self._hook(domain_xml, vmi_json, migration_target)
+            with self._turns:
+                outcome = self._hook(domain_xml, vmi_json, migration_target)
         except HookError as err:
             code = status_for(err)
             message = abort_message(f"QAT hook: {err}")
@@ -139,7 +140,7 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
     raise AssertionError("grpc context.abort returned")  # pragma: no cover
 
 
-class InfoServicer(info_pb2_grpc.InfoServicer):
+class InfoServicer:
     def __init__(self, name: str, versions: Sequence[str]) -> None:
         points = [info_pb2.HookPoint(name=ON_DEFINE_DOMAIN, priority=0)]
         if "v1alpha3" in versions:
@@ -173,17 +174,17 @@ class _CallbacksBase:
         )
 
 
-class CallbacksV1alpha1(_CallbacksBase, v1alpha1_pb2_grpc.CallbacksServicer):
+class CallbacksV1alpha1(_CallbacksBase):
     version = "v1alpha1"
     messages = v1alpha1_pb2
 
 
-class CallbacksV1alpha2(_CallbacksBase, v1alpha2_pb2_grpc.CallbacksServicer):
+class CallbacksV1alpha2(_CallbacksBase):
     version = "v1alpha2"
     messages = v1alpha2_pb2
 
 
-class CallbacksV1alpha3(_CallbacksBase, v1alpha3_pb2_grpc.CallbacksServicer):
+class CallbacksV1alpha3(_CallbacksBase):
     version = "v1alpha3"
     messages = v1alpha3_pb2
 
@@ -198,7 +199,7 @@ class CallbacksV1alpha3(_CallbacksBase, v1alpha3_pb2_grpc.CallbacksServicer):
         return v1alpha3_pb2.ShutdownResult()
 
 
-class DomainHookServicer(plugins_v1alpha1_pb2_grpc.DomainHookServiceServicer):
+class DomainHookServicer:
     """KubeVirt's structured-plugin API, on its own socket."""
 
     def __init__(self, runner: HookRunner) -> None:
@@ -231,25 +232,71 @@ class DomainHookServicer(plugins_v1alpha1_pb2_grpc.DomainHookServiceServicer):
         return plugins_v1alpha1_pb2.MutateDomainResponse(domain=xml)
 
 
+def _callbacks_methods(servicer: _CallbacksBase) -> dict[str, unary.Method]:
+    messages = servicer.messages
+    methods = {
+        ON_DEFINE_DOMAIN: unary.Method(
+            servicer.OnDefineDomain, messages.OnDefineDomainParams, messages.OnDefineDomainResult
+        )
+    }
+    if servicer.version != "v1alpha1":  # PreCloudInitIso came with v1alpha2
+        methods["PreCloudInitIso"] = unary.Method(
+            servicer.PreCloudInitIso,
+            messages.PreCloudInitIsoParams,
+            messages.PreCloudInitIsoResult,
+        )
+    return methods
+
+
 def add_hook_services(
     server: grpc.Server,
     runner: HookRunner,
     name: str,
     versions: Sequence[str],
     on_shutdown: Callable[[], None],
+    watch: unary.RequestWatch,
 ) -> None:
-    info_pb2_grpc.add_InfoServicer_to_server(InfoServicer(name, versions), server)
+    """Info and the Callbacks service of each of ``versions``."""
+    info = InfoServicer(name, versions)
+    unary.add_service(
+        server,
+        "kubevirt.hooks.info.Info",
+        {"Info": unary.Method(info.Info, info_pb2.InfoParams, info_pb2.InfoResult, False)},
+        watch,
+    )
+    servicers: list[_CallbacksBase] = []
     if "v1alpha1" in versions:
-        v1alpha1_pb2_grpc.add_CallbacksServicer_to_server(CallbacksV1alpha1(runner), server)
+        servicers.append(CallbacksV1alpha1(runner))
     if "v1alpha2" in versions:
-        v1alpha2_pb2_grpc.add_CallbacksServicer_to_server(CallbacksV1alpha2(runner), server)
-    if "v1alpha3" in versions:
-        v1alpha3_pb2_grpc.add_CallbacksServicer_to_server(
-            CallbacksV1alpha3(runner, on_shutdown), server
+        servicers.append(CallbacksV1alpha2(runner))
+    for servicer in servicers:
+        unary.add_service(
+            server,
+            f"kubevirt.hooks.{servicer.version}.Callbacks",
+            _callbacks_methods(servicer),
+            watch,
         )
+    if "v1alpha3" in versions:
+        v3 = CallbacksV1alpha3(runner, on_shutdown)
+        methods = _callbacks_methods(v3)
+        methods[SHUTDOWN] = unary.Method(
+            v3.Shutdown, v1alpha3_pb2.ShutdownParams, v1alpha3_pb2.ShutdownResult, False
+        )
+        unary.add_service(server, "kubevirt.hooks.v1alpha3.Callbacks", methods, watch)
 
 
-def add_plugin_services(server: grpc.Server, runner: HookRunner) -> None:
-    plugins_v1alpha1_pb2_grpc.add_DomainHookServiceServicer_to_server(
-        DomainHookServicer(runner), server
+def add_plugin_services(server: grpc.Server, runner: HookRunner, watch: unary.RequestWatch) -> None:
+    """KubeVirt's structured-plugin DomainHookService."""
+    servicer = DomainHookServicer(runner)
+    unary.add_service(
+        server,
+        "kubevirt.hooks.plugins.v1alpha1.DomainHookService",
+        {
+            "MutateDomain": unary.Method(
+                servicer.MutateDomain,
+                plugins_v1alpha1_pb2.MutateDomainRequest,
+                plugins_v1alpha1_pb2.MutateDomainResponse,
+            )
+        },
+        watch,
     )

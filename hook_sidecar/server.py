@@ -35,14 +35,20 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
-from hook_sidecar import __version__, callbacks, logs
+from hook_sidecar import __version__, callbacks, logs, unary
 from hook_sidecar.errors import SetupFailed
+from hook_sidecar.vmi import MAX_VMI_BYTES
 
 if TYPE_CHECKING:
     from hook_sidecar.hook import HookSettings
 
-# A VMI with large cloud-init data easily passes grpc's 4 MiB default.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The largest request: a domain at the configured cap, a VMI at the VMI reader's cap, and
+# the message's own framing (field tags and lengths, MutateDomain's small fields). A
+# larger message is refused by grpc before any of it is kept; every accepted one is
+# also accepted by the hook's own size checks.
+MESSAGE_FRAMING_BYTES = 64 * 1024
+# A response is the domain with the added hostdevs, re-indented.
+RESPONSE_HEADROOM_BYTES = 1024 * 1024
 # A stop (signal or Shutdown) must end the process within 2 s: in-flight calls get
 # the grace, then whatever is left is cancelled and the process exits regardless.
 STOP_GRACE_SECONDS = 1.0
@@ -56,9 +62,18 @@ HANDSHAKE_SECONDS = 5.0
 MAX_CONNECTION_AGE_SECONDS = 300.0
 MAX_CONNECTION_AGE_GRACE_SECONDS = 70.0
 # virt-launcher sends one call at a time per VMI. Calls beyond this many at once are
-# refused (RESOURCE_EXHAUSTED) instead of queueing their requests in memory without end.
-# grpc clients in one process share connections, so the per-connection cap is the same.
+# refused (RESOURCE_EXHAUSTED); the ones admitted wait for a thread in a queue, their
+# requests not yet read. grpc clients in one process share connections, so the
+# per-connection cap is the same.
 MAX_CONCURRENT_CALLS = 64
+# Threads beside the --workers that run the hook: a call takes a thread when it starts
+# and holds it while its request arrives, so a client that never sends its request must
+# not take the last one. Threads are made when first needed; at most workers + spare
+# requests are read into memory at once, and at most --workers run the hook.
+SPARE_THREADS = 2
+# A call whose request message has not arrived this long after its headers is cancelled
+# (virt-launcher sends both at once): a silent client holds a thread no longer than this.
+REQUEST_SECONDS = 2.0
 # sun_path is 108 bytes including the terminating NUL. The socket is first bound as
 # <directory>/.qat-hook-XXXXXXXX/s (see _bind), which must fit too.
 MAX_SOCKET_PATH = 107
@@ -88,6 +103,7 @@ class ServeConfig(NamedTuple):
     handshake_seconds: float = HANDSHAKE_SECONDS
     warm_up: bool = True
     """Load WARM_UP_MODULES in the background once the sockets are ready (see warm_up)."""
+    request_seconds: float = REQUEST_SECONDS
 
 
 class _Listener:
@@ -192,10 +208,15 @@ def prepare_socket(path: Path) -> None:
     logs.get().info("removed stale socket", extra={"socket": str(path)})
 
 
-def _server_options(config: ServeConfig) -> list[tuple[str, Any]]:
+def message_limit(domain_cap: int) -> int:
+    """The largest request message accepted for a domain cap of ``domain_cap`` bytes."""
+    return domain_cap + MAX_VMI_BYTES + MESSAGE_FRAMING_BYTES
+
+
+def _server_options(config: ServeConfig, receive_limit: int) -> list[tuple[str, Any]]:
     return [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", receive_limit),
+        ("grpc.max_send_message_length", receive_limit + RESPONSE_HEADROOM_BYTES),
         ("grpc.so_reuseport", 0),
         ("grpc.max_connection_idle_ms", int(config.idle_seconds * 1000)),
         ("grpc.server_handshake_timeout_ms", int(config.handshake_seconds * 1000)),
@@ -225,7 +246,7 @@ def _bind(
     path: Path,
     add_services: Callable[[grpc.Server], None],
     executor: ThreadPoolExecutor,
-    config: ServeConfig,
+    options: list[tuple[str, Any]],
 ) -> _Listener:
     """Serve on ``path``: bound in a private staging directory, then linked into place.
 
@@ -238,7 +259,7 @@ def _bind(
     prepare_socket(path)
     server = grpc.server(
         executor,
-        options=_server_options(config),
+        options=options,
         maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS,
     )
     add_services(server)
@@ -332,34 +353,51 @@ class HookServer:
         self.stop_requested = threading.Event()
         self.stopping = threading.Event()
         """Set once the listeners were told to stop: new calls are refused, old ones drain."""
-        self._runner = callbacks.HookRunner(hook or callbacks.bound_hook(settings, dict(env)))
+        self._runner = callbacks.HookRunner(
+            hook or callbacks.bound_hook(settings, dict(env)), config.workers
+        )
+        self.receive_limit = message_limit(settings.transform.max_bytes)
+        self._watch = unary.RequestWatch(config.request_seconds)
         self._executor = ThreadPoolExecutor(
-            max_workers=config.workers, thread_name_prefix="qat-hook"
+            max_workers=config.workers + SPARE_THREADS, thread_name_prefix="qat-hook"
         )
         self._listeners: list[_Listener] = []
+        self._watcher: threading.Thread | None = None
 
     @property
     def calls_running(self) -> int:
         return self._runner.running
 
+    def wait_for_calls_awaiting_request(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` calls have started without their request yet; False on timeout."""
+        return self._watch.wait_for_waiting(count, timeout)
+
     def start(self) -> None:
-        config, runner = self.config, self._runner
+        config, runner, watch = self.config, self._runner, self._watch
         wanted: list[tuple[Path | None, Callable[[grpc.Server], None]]] = [
             (
                 config.hook_socket,
                 lambda server: callbacks.add_hook_services(
-                    server, runner, config.name, config.versions, self.stop_requested.set
+                    server, runner, config.name, config.versions, self.stop_requested.set, watch
                 ),
             ),
-            (config.plugin_socket, lambda server: callbacks.add_plugin_services(server, runner)),
+            (
+                config.plugin_socket,
+                lambda server: callbacks.add_plugin_services(server, runner, watch),
+            ),
         ]
+        options = _server_options(config, self.receive_limit)
         try:
             for path, add_services in wanted:
                 if path is not None:
-                    self._listeners.append(_bind(path, add_services, self._executor, config))
+                    self._listeners.append(_bind(path, add_services, self._executor, options))
         except BaseException:
             self.stop(0)
             raise
+        self._watcher = threading.Thread(
+            target=self._watch_requests, name="qat-hook-watch", daemon=True
+        )
+        self._watcher.start()
         where = ", ".join(str(listener.path) for listener in self._listeners)
         logs.get().info(
             "ready: serving on %s",
@@ -370,8 +408,15 @@ class HookServer:
                 "plugin_socket": str(config.plugin_socket) if config.plugin_socket else None,
                 "versions": list(config.versions) if config.hook_socket else [],
                 "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                "max_request_bytes": self.receive_limit,
             },
         )
+
+    def _watch_requests(self) -> None:
+        """Cancel the calls whose request is late, a few times per ``request_seconds``."""
+        period = min(0.5, self.config.request_seconds / 4)
+        while not self.stopping.wait(period):
+            self._watch.sweep()
 
     def missing_socket(self) -> Path | None:
         """A socket of ours that is gone from its path (its directory was removed, say)."""

@@ -10,8 +10,17 @@ and the first time anything reads an attribute of the stand-in the real module
 is imported and answers. No code path, foreseen or not, can see a missing
 module: the deferral only moves a module's cost to its first use.
 
-The entry points (``qat-hook``, ``onDefineDomain``, ``python -m hook_sidecar``)
-call :func:`install` before anything imports grpc. ``QAT_HOOK_EAGER_IMPORTS=1``
+The standard library's ``importlib.util.LazyLoader`` is not used: on Python 3.11 (the
+image's) any second ``import name`` of a lazy module reads its ``__spec__`` and so loads
+it. traceback, tokenize, token, linecache and socket are each imported by more than one
+module, so with it they all load at every start (measured: +7% of the start-up's
+instructions, +0.8 MiB), and its first use from two threads at once is unsafe before
+Python 3.12.3. The stand-in here answers the import system's own attributes itself and
+loads the real module under a lock.
+
+The entry points that may serve (``qat-hook``, ``python -m hook_sidecar``) call
+:func:`install` before anything imports grpc (``onDefineDomain``, the shim's script,
+imports no grpc at all: ``hook_sidecar.shim``). ``QAT_HOOK_EAGER_IMPORTS=1``
 turns the deferral off (for comparing against it, or as an escape hatch).
 """
 
@@ -36,7 +45,12 @@ if TYPE_CHECKING:
 # traceback is needed only to format an exception, difflib only for `transform --diff`.
 # urllib.parse (which pathlib imports) imports ipaddress only to check a bracketed IPv6
 # host in urlsplit, and protobuf's well_known_types imports calendar only to convert
-# Timestamps: about 0.3 MiB and 1 ms of start-up that serving never uses.
+# Timestamps: about 0.3 MiB and 1 ms of start-up that serving never uses. shutil
+# (which argparse's help formatter imports) imports bz2 and lzma only to note that they
+# exist: about 1 ms more. inspect (which dataclasses imports) imports tokenize, token
+# and linecache for reading source files, and the server reaches kubelet's socket (and
+# probes a stale socket of its own) only on a path that may never run: socket and
+# selectors.
 DEFERRED = (
     "asyncio",
     "grpc.aio",
@@ -45,6 +59,13 @@ DEFERRED = (
     "difflib",
     "ipaddress",
     "calendar",
+    "bz2",
+    "lzma",
+    "tokenize",
+    "token",
+    "linecache",
+    "socket",
+    "selectors",
 )
 EAGER_ENV = "QAT_HOOK_EAGER_IMPORTS"
 
@@ -175,11 +196,3 @@ def main() -> int:
     from hook_sidecar.cli import main as cli_main
 
     return cli_main()
-
-
-def shim_main() -> int:
-    """``onDefineDomain``: the sidecar-shim script, deferred the same way."""
-    install()
-    from hook_sidecar.cli import shim_main as cli_shim_main
-
-    return cli_shim_main()

@@ -2,7 +2,9 @@
 """Drive a running sidecar from outside, as virt-launcher would (used by make image-test).
 
     python tests/image_client.py SOCKET
-    python tests/image_client.py --check-imports SERVER_LOG
+    python tests/image_client.py --check-imports SERVER_LOG [--shim]
+    python tests/image_client.py --two-vf-vmi OUT.json
+    python tests/image_client.py --check-domain DOMAIN.xml
 
 Waits for the socket, then: Info; OnDefineDomain (v1alpha3) of the bundled domain for a
 VMI asking for two VFs, checking both hostdevs come back; Shutdown. Exits non-zero with a
@@ -10,7 +12,13 @@ message on the first mismatch.
 
 ``--check-imports`` reads the stderr of a server run with PYTHONVERBOSE=1 and fails if any
 module was compiled from source (no up-to-date bytecode in the image: every start of every
-sidecar would pay for compiling it) or if serving loaded a module the deferral keeps out.
+sidecar would pay for compiling it) or if serving loaded a module the deferral keeps out;
+with ``--shim``, the log of the sidecar-shim flavor (whose ``onDefineDomain`` runs must not
+load grpc or protobuf at all).
+
+``--two-vf-vmi`` writes the bundled VMI asking for two VFs; ``--check-domain`` checks that a
+domain (what KubeVirt's hook manager returned) holds exactly the two VFs the image tests set
+(QAT0=0000:3d:02.2, QAT1=0000:3d:02.3).
 """
 
 from __future__ import annotations
@@ -45,6 +53,23 @@ def wait_for(path: Path, timeout: float = 60.0) -> None:
     raise SystemExit(f"image-client: no socket at {path} after {timeout:.0f} s")
 
 
+def two_vf_vmi() -> bytes:
+    vmi = json.loads((ROOT / "examples" / "vmi.json").read_text())
+    vmi["spec"]["domain"]["resources"]["limits"]["qat.intel.com/generic"] = "2"
+    vmi["spec"]["domain"]["resources"]["requests"]["qat.intel.com/generic"] = "2"
+    return json.dumps(vmi).encode()
+
+
+def check_domain(domain: bytes) -> None:
+    root = etree.fromstring(domain)
+    sources = [
+        (hostdev.find("source/address").get("slot"), hostdev.find("source/address").get("function"))  # type: ignore[union-attr]
+        for hostdev in root.iterfind("devices/hostdev")
+    ]
+    if sources != [("0x02", "0x2"), ("0x02", "0x3")]:
+        raise SystemExit(f"image-client: unexpected hostdevs {sources}")
+
+
 def main(socket: str) -> int:
     path = Path(socket)
     wait_for(path)
@@ -56,22 +81,12 @@ def main(socket: str) -> int:
     if points != ["OnDefineDomain", "Shutdown"] or "v1alpha3" not in info.versions:
         raise SystemExit(f"image-client: unexpected Info {info}")
 
-    vmi = json.loads((ROOT / "examples" / "vmi.json").read_text())
-    vmi["spec"]["domain"]["resources"]["limits"]["qat.intel.com/generic"] = "2"
-    vmi["spec"]["domain"]["resources"]["requests"]["qat.intel.com/generic"] = "2"
     domain = (ROOT / "examples" / "domain.xml").read_bytes()
     with grpc.insecure_channel(target) as channel:
         result = v1alpha3_pb2_grpc.CallbacksStub(channel).OnDefineDomain(
-            v1alpha3_pb2.OnDefineDomainParams(domainXML=domain, vmi=json.dumps(vmi).encode()),
-            timeout=30,
+            v1alpha3_pb2.OnDefineDomainParams(domainXML=domain, vmi=two_vf_vmi()), timeout=30
         )
-    root = etree.fromstring(result.domainXML)
-    sources = [
-        (hostdev.find("source/address").get("slot"), hostdev.find("source/address").get("function"))  # type: ignore[union-attr]
-        for hostdev in root.iterfind("devices/hostdev")
-    ]
-    if sources != [("0x02", "0x2"), ("0x02", "0x3")]:
-        raise SystemExit(f"image-client: unexpected hostdevs {sources}")
+    check_domain(result.domainXML)
 
     with grpc.insecure_channel(target) as channel:
         v1alpha3_pb2_grpc.CallbacksStub(channel).Shutdown(v1alpha3_pb2.ShutdownParams(), timeout=5)
@@ -106,7 +121,11 @@ def stderr_lines(text: str) -> list[str]:
     return lines
 
 
-def check_imports(log_path: str) -> int:
+# The shim flavor's script imports neither (KubeVirt's Go shim speaks gRPC for it).
+NEVER_LOADED_BY_SHIM = ("grpc", "google.protobuf")
+
+
+def check_imports(log_path: str, shim: bool = False) -> int:
     lines = stderr_lines(Path(log_path).read_text(errors="replace"))
     compiled = [m["path"] for m in map(SOURCE_COMPILE.match, lines) if m]
     imported = {m["name"] for m in map(IMPORTED.match, lines) if m}
@@ -116,6 +135,8 @@ def check_imports(log_path: str) -> int:
     if compiled:
         problems.append(f"compiled from source (no up-to-date bytecode): {', '.join(compiled)}")
     loaded = [name for name in NEVER_LOADED if name in imported]
+    if shim:
+        loaded += sorted(name for name in imported if name.startswith(NEVER_LOADED_BY_SHIM))
     if loaded:
         problems.append(f"serving loaded {', '.join(loaded)}")
     if problems:
@@ -126,5 +147,12 @@ def check_imports(log_path: str) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--check-imports":
-        sys.exit(check_imports(sys.argv[2]))
+        sys.exit(check_imports(sys.argv[2], shim="--shim" in sys.argv[3:]))
+    if sys.argv[1] == "--two-vf-vmi":
+        Path(sys.argv[2]).write_bytes(two_vf_vmi())
+        sys.exit(0)
+    if sys.argv[1] == "--check-domain":
+        check_domain(Path(sys.argv[2]).read_bytes())
+        print("image-client: the hook manager got both VFs back")
+        sys.exit(0)
     sys.exit(main(sys.argv[1]))

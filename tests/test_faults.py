@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 import pytest
 
-from hook_sidecar._generated import v1alpha3_pb2, v1alpha3_pb2_grpc
+from hook_sidecar._generated import info_pb2, v1alpha3_pb2, v1alpha3_pb2_grpc
 from tests.conftest import (
     HeldHook,
     ServerProcess,
@@ -191,9 +191,12 @@ def held_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
 
 
 def _open_gate(gate: Path) -> None:
-    fd = os.open(gate, os.O_WRONLY | os.O_NONBLOCK)  # the hook has it open for reading
-    os.write(fd, b"go")
-    os.close(fd)
+    """Release the held call; opening the FIFO waits until the hook has it open for reading
+    (it logs "holding the call" just before it opens it)."""
+    writer = threading.Thread(target=gate.write_bytes, args=(b"go",), daemon=True)
+    writer.start()
+    writer.join(10)
+    assert not writer.is_alive(), "the held hook never opened its gate"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
@@ -409,3 +412,139 @@ def test_load(server: ServerProcess, domain_xml: bytes, vmi_json: bytes) -> None
     assert info(server.socket).name == "qat"
     assert server.stop() == 0
     assert all(line.startswith("{") for line in server.log_lines())
+
+
+# --- clients that open a call and never send its request ------------------------------------------
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_HEADERS, H2_RST_STREAM, H2_SETTINGS, H2_DATA = 0x1, 0x3, 0x4, 0x0
+H2_END_STREAM, H2_END_HEADERS, H2_ACK = 0x1, 0x4, 0x1
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+    )
+
+
+def _hpack_literal(name: str, value: str) -> bytes:
+    """RFC 7541 6.2.2, literal header field without indexing, new name, no Huffman."""
+    raw_name, raw_value = name.encode(), value.encode()
+    assert len(raw_name) < 127 and len(raw_value) < 127
+    return b"\x00" + bytes([len(raw_name)]) + raw_name + bytes([len(raw_value)]) + raw_value
+
+
+class SilentCall:
+    """A raw HTTP/2 client: opens one gRPC call (its headers) and never sends the request.
+
+    No HTTP/2 library is in the test environment; the few frames are written by hand. It
+    acknowledges the server's SETTINGS, as any HTTP/2 client must, and then only reads.
+    """
+
+    def __init__(self, path: Path, method: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(str(path))
+        headers = b"".join(
+            _hpack_literal(name, value)
+            for name, value in (
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", method),
+                (":authority", "localhost"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            )
+        )
+        self.sock.sendall(
+            H2_PREFACE
+            + _h2_frame(H2_SETTINGS, 0, 0)
+            + _h2_frame(H2_HEADERS, H2_END_HEADERS, 1, headers)
+        )
+        while True:  # the server's SETTINGS come first; acknowledge them
+            kind, flags, _, _ = self.frame()
+            if kind == H2_SETTINGS and not flags & H2_ACK:
+                self.sock.sendall(_h2_frame(H2_SETTINGS, H2_ACK, 0))
+                break
+
+    def _read(self, count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = self.sock.recv(count - len(data))
+            if not chunk:
+                raise EOFError("the server closed the connection")
+            data += chunk
+        return data
+
+    def frame(self) -> tuple[int, int, int, bytes]:
+        header = self._read(9)
+        length = int.from_bytes(header[:3], "big")
+        stream = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+        return header[3], header[4], stream, self._read(length)
+
+    def end_of_call(self) -> tuple[str, bytes]:
+        """How the server ended the call: ("reset", error code) or ("trailers", data seen)."""
+        data = b""
+        while True:
+            kind, flags, stream, payload = self.frame()
+            if stream != 1:
+                continue
+            if kind == H2_RST_STREAM:
+                return "reset", payload
+            if kind == H2_DATA:
+                data += payload
+            if kind == H2_HEADERS and flags & H2_END_STREAM:
+                return "trailers", data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+ON_DEFINE_DOMAIN_PATH = "/kubevirt.hooks.v1alpha3.Callbacks/OnDefineDomain"
+
+
+def test_info_answers_while_two_clients_hold_calls_without_their_request(
+    tmp_path: Path, domain_xml: bytes, vmi_json: bytes
+) -> None:
+    """Two workers (the default), two silent calls: Info and a real call are still served.
+
+    The silent calls' limit is far off here, so nothing is rescued by cancelling them.
+    """
+    with running_server(tmp_path, request_seconds=300.0) as server:
+        silent = [SilentCall(tmp_path / "h.sock", ON_DEFINE_DOMAIN_PATH) for _ in range(2)]
+        try:
+            assert server.wait_for_calls_awaiting_request(2, timeout=10)
+            assert info(tmp_path / "h.sock").name == "qat"  # virt-launcher's 1 s timeout
+            assert define(tmp_path / "h.sock", domain_xml, vmi_json) == expected()
+        finally:
+            for call in silent:
+                call.close()
+
+
+def test_a_call_whose_request_never_comes_is_cancelled_with_a_warning(
+    tmp_path: Path, hook_log: list[Any]
+) -> None:
+    with running_server(tmp_path, request_seconds=0.5) as server:
+        call = SilentCall(tmp_path / "h.sock", ON_DEFINE_DOMAIN_PATH)
+        try:
+            assert server.wait_for_calls_awaiting_request(1, timeout=10)
+            how, data = call.end_of_call()  # ended by the server (trailers or a reset),
+            assert (how, data) in (("reset", b"\x00\x00\x00\x08"), ("trailers", b""))  # no reply
+        finally:
+            call.close()
+    warnings = [r.getMessage() for r in hook_log if r.levelname == "WARNING"]
+    assert warnings == [
+        "OnDefineDomain: no request message within 0.5 s of the call's headers; cancelled it"
+    ]
+
+
+def test_info_needs_no_request_message(tmp_path: Path) -> None:
+    with running_server(tmp_path, request_seconds=300.0):
+        call = SilentCall(tmp_path / "h.sock", "/kubevirt.hooks.info.Info/Info")
+        try:
+            how, data = call.end_of_call()
+        finally:
+            call.close()
+    assert how == "trailers"
+    assert info_pb2.InfoResult.FromString(data[5:]).name == "qat"  # after gRPC's 5-byte prefix

@@ -44,7 +44,9 @@ from hook_sidecar._generated import (
 )
 from hook_sidecar.errors import PreconditionFailed
 from hook_sidecar.hook import HookOutcome
+from hook_sidecar.hostdevs import DEFAULT_MAX_BYTES
 from hook_sidecar.server import SocketInUse, prepare_socket
+from hook_sidecar.vmi import MAX_VMI_BYTES
 from tests.ci import skip_or_fail
 from tests.conftest import (
     EXAMPLES,
@@ -222,10 +224,21 @@ def test_vmi_asking_nothing_passes_through_byte_identical(server: ServerProcess)
     assert define(server.socket, b"not xml at all", vmi) == b"not xml at all"
 
 
-def test_large_request_accepted(server: ServerProcess, domain_xml: bytes) -> None:
+def test_the_largest_vmi_is_accepted(server: ServerProcess, domain_xml: bytes) -> None:
     vmi = json.loads((EXAMPLES / "vmi.json").read_text())
-    vmi["spec"]["volumes"][1]["cloudInitNoCloud"]["userData"] = "#" * (32 * 1024 * 1024)
+    padding = MAX_VMI_BYTES - len(json.dumps(vmi)) - 64
+    vmi["spec"]["volumes"][1]["cloudInitNoCloud"]["userData"] = "#" * padding
     assert define(server.socket, domain_xml, json.dumps(vmi).encode()) == expected()
+
+
+def test_a_message_over_the_limit_is_refused_before_it_is_kept(
+    server: ServerProcess, domain_xml: bytes
+) -> None:
+    # The limit is the domain cap (the default here) plus the VMI cap plus framing.
+    limit = server_module.message_limit(DEFAULT_MAX_BYTES)
+    error = define_error(server.socket, domain_xml, b" " * limit)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert define(server.socket, domain_xml, (EXAMPLES / "vmi.json").read_bytes()) == expected()
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -275,7 +288,7 @@ def test_missing_device_is_failed_precondition(
     try:
         error = define_error(proc.socket, domain_xml, vmi_json)
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "no device address was found. Looked at:" in (error.details() or "")
+        assert (error.details() or "").startswith("QAT hook: VMI default/vmi-qat asks for")
     finally:
         proc.stop()
 
@@ -302,6 +315,36 @@ def test_unexpected_error_is_internal_with_short_message(
     assert not (tmp_path / "h.sock").exists()
     failure = next(r for r in hook_log if r.getMessage().endswith("failed unexpectedly"))
     assert failure.exc_info is not None and "secret internal detail" in str(failure.exc_info[1])
+
+
+@pytest.mark.parametrize(
+    ("method", "payload"),
+    [
+        ("/kubevirt.hooks.v1alpha3.Callbacks/OnDefineDomain", b"\xff\xff\xff"),
+        ("/kubevirt.hooks.v1alpha1.Callbacks/OnDefineDomain", b"\x0a\x05ab"),  # truncated
+        # domain_type is a proto3 string: invalid UTF-8 cannot be decoded.
+        ("/kubevirt.hooks.plugins.v1alpha1.DomainHookService/MutateDomain", b"\x0a\x02\xc3\x28"),
+    ],
+    ids=["wire-garbage", "truncated", "invalid-utf8-string"],
+)
+def test_a_request_that_cannot_be_decoded_is_invalid_argument_with_a_warning(
+    tmp_path: Path, hook_log: list[logging.LogRecord], method: str, payload: bytes
+) -> None:
+    with running_server(tmp_path, plugin=True) as running:
+        path = running.config.plugin_socket if "plugins" in method else running.config.hook_socket
+        with (
+            grpc.insecure_channel(f"unix:{path}") as channel,
+            pytest.raises(grpc.RpcError) as raised,
+        ):
+            call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+            call(payload, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    name = method.rsplit("/", 1)[1]
+    assert (raised.value.details() or "").startswith(
+        f"QAT hook: the {name} request cannot be decoded ("
+    )
+    warnings = [r.getMessage() for r in hook_log if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{name} refused: QAT hook: the {name}")
 
 
 # --- messages: one line, at most 2 KiB, whatever they quote -------------------------------------
@@ -722,7 +765,7 @@ def test_a_failed_warm_up_is_a_warning_and_serving_goes_on(
 def test_the_warm_up_is_on_unless_turned_off(
     args: tuple[str, ...], env: dict[str, str], expected: bool
 ) -> None:
-    parsed = cli.build_parser(env, only="serve").parse_args(["serve", *args])
+    parsed = cli.build_parser(env).parse_args(["serve", *args])
     assert cli.serve_config(parsed).warm_up is expected
 
 

@@ -94,6 +94,16 @@ def test_a_deferred_import_runs_nothing_until_first_use(modules: str) -> None:
     assert sys.modules[modules] is not module  # the real module replaced the stand-in
 
 
+def test_a_second_import_statement_does_not_load_it(modules: str) -> None:
+    """Where importlib.util.LazyLoader falls short on Python 3.11: logging, grpc and the
+    hook all ``import traceback``, and only a use may load it."""
+    startup.install((modules,))
+    exec(f"import {modules}", {})
+    exec(f"import {modules} as again", {})
+    assert runs(modules) == []
+    assert not startup.loaded(modules)
+
+
 def test_from_import_and_submodule_import_load_the_real_package(modules: str) -> None:
     startup.install((modules,))
     importlib.import_module(modules)
