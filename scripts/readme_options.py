@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rewrite the README's option table from hook_sidecar.settings (tests/test_readme.py checks it)."""
+"""Rewrite the option table in docs/ from hook_sidecar.settings (tests/test_readme.py checks it)."""
 
 from __future__ import annotations
 
@@ -20,5 +20,7 @@ def render(readme: str) -> str:
 
 
 if __name__ == "__main__":
-    path = ROOT / "README.md"
-    path.write_text(render(path.read_text()))
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text()
+        if BLOCK.search(text):
+            path.write_text(render(text))
