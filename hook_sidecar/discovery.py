@@ -110,7 +110,7 @@ def _disagreement(winner: Candidates, other: Candidates) -> str:
     )
 
 
-def _first_found(
+def first_found(
     chosen: tuple[Source, ...], call: SourceInput, warnings: list[str], problems: list[str]
 ) -> tuple[Candidates | None, list[str]]:
     """The winning source's devices and every place looked at; disagreements become warnings,
@@ -140,7 +140,7 @@ def _first_found(
     return winner, looked
 
 
-def _host_nodes(winner: Candidates, sysfs_root: Path) -> dict[PciAddress, HostNode]:
+def host_nodes_of(winner: Candidates, sysfs_root: Path) -> dict[PciAddress, HostNode]:
     """Each VF's host NUMA node: the source's own answer when it is one node, else sysfs."""
     nodes = {}
     for address in winner.devices:
@@ -198,7 +198,7 @@ def discover(
     warnings = vmis.preflight_warnings(vmi) if vmi else []
     problems: list[str] = []
     chosen = configured_sources(config)
-    winner, looked = _first_found(chosen, SourceInput(vmi, env), warnings, problems)
+    winner, looked = first_found(chosen, SourceInput(vmi, env), warnings, problems)
 
     if winner is None:
         places = [
@@ -243,6 +243,6 @@ def discover(
         detail=winner.detail,
         expected=request.expected,
         warnings=tuple(warnings),
-        host_nodes=_host_nodes(winner, config.sysfs_root),
+        host_nodes=host_nodes_of(winner, config.sysfs_root),
         host_cpus=sysfs.host_cpu_nodes(config.sysfs_root),
     )

@@ -301,7 +301,7 @@ def test_shim_failure_is_non_zero_with_message() -> None:
     assert one_error_line(proc.stderr).startswith("onDefineDomain: error: ")
 
 
-# --- papercuts (issue 12 item 7) ------------------------------------------------------------
+# --- small things a new user meets first ---------------------------------------------------
 
 
 def test_discover_help_explains_every_option() -> None:

@@ -55,7 +55,7 @@ def test_overlay_first_comment_says_what_it_needs(name: str) -> None:
     assert "ReservedOverheadMemlock" in head
     assert {"podresources": "PodResources", "dra": "DRA", "static": "devices"}[source] in head
     assert ("shim flavor" in head) == (flavor == "shim")
-    assert f"kubectl apply -k deploy/overlays/{name}\n" in head
+    assert f"kubectl apply --server-side -k deploy/overlays/{name}\n" in head
 
 
 # --- validation against the Kubernetes versions each overlay targets ------------------------

@@ -588,7 +588,7 @@ def test_a_remote_source_is_asked_while_nothing_is_found() -> None:
     calls: list[str] = []
     chosen = (fixed("empty", calls=calls), fixed("kubelet", A, remote=True, calls=calls))
     warnings: list[str] = []
-    winner, looked = d._first_found(chosen, CALL, warnings, [])
+    winner, looked = d.first_found(chosen, CALL, warnings, [])
     assert winner is not None and (winner.source, addresses_of(winner)) == ("kubelet", [A])
     assert (calls, looked, warnings) == (["empty", "kubelet"], ["empty place", "kubelet place"], [])
 
@@ -602,7 +602,7 @@ def test_after_a_winner_remote_sources_are_skipped_and_local_ones_still_read() -
         fixed("env", B, calls=calls),
     )
     warnings: list[str] = []
-    winner, looked = d._first_found(chosen, CALL, warnings, [])
+    winner, looked = d.first_found(chosen, CALL, warnings, [])
     assert winner is not None and winner.source == "pin"
     assert calls == ["pin", "bad", "env"]
     assert looked == ["pin place", "env place"]
@@ -623,7 +623,7 @@ def test_host_nodes_from_the_source_when_it_names_one_node(tmp_path: Path) -> No
     folder.mkdir(parents=True)
     (folder / "numa_node").write_text("3\n")
     winner = sources.Candidates("podresources", "pod", (a, b, c), {a: (1,), b: (0, 1), c: ()})
-    assert d._host_nodes(winner, tmp_path) == {
+    assert d.host_nodes_of(winner, tmp_path) == {
         a: d.HostNode(1, "podresources"),
         b: d.HostNode(3, "sysfs"),  # two nodes is no answer: sysfs decides
         c: d.HostNode(None, f"no {tmp_path}/bus/pci/devices/{C}/numa_node"),

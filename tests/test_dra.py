@@ -1,4 +1,4 @@
-"""DRA metadata read as untrusted input: one test per class of bad file (issue 11, finding 7).
+"""DRA metadata read as untrusted input: one test per class of bad file.
 
 Every bad file is a warning naming it, never a crash, a hang or a read of
 something outside the root; the good files beside it still count.

@@ -1,4 +1,4 @@
-"""The VMI reader: bounded JSON, whole-number quantities, malformed fields named (issue 11.4).
+"""The VMI reader: bounded JSON, whole-number quantities, malformed fields named.
 
 Every case must be ``InvalidInput`` (INVALID_ARGUMENT over gRPC) naming the
 field, never a RecursionError or ValueError that the server would turn into
