@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from hook_sidecar import __version__
+from hook_sidecar.cli import build_parser, serve_config
 from tests import k8s_render as render
 from tests.ci import skip_or_fail
 from tests.conftest import ROOT, run_cli
@@ -801,6 +802,32 @@ def test_plugin_condition_selects_the_vms_whose_pods_get_the_hook(
     selected = {by_file[Path(r["vmi"]).name]: (r["selected"], r.get("error")) for r in results}
     expected = {case: (render.wants_vf(vmi, pattern), None) for case, vmi in all_vmis().items()}
     assert {k: (v[0], v[1] or None) for k, v in selected.items()} == expected
+
+
+def test_plugin_socket_is_the_one_the_stored_sidecar_serves(
+    cluster: Cluster, installed: Variant, pods: dict[str, dict[str, Any]]
+) -> None:
+    """The Plugin's socketPath, as stored, is where the hook container as stored serves.
+
+    The container's args are read by the hook's own ``serve`` parser; its socket volume is
+    mounted at that path's directory with the Plugin's name as subPath.
+    """
+    if installed.route != "plugin":
+        return
+    plugin = json.loads(
+        cluster.kubectl("get", "plugins.plugin.kubevirt.io", "qat", "-o", "json").stdout
+    )
+    [socket_path] = [h["sidecar"]["socketPath"] for h in plugin["spec"]["domainHooks"]]
+    stored = cluster.stored(pods[probe_key(installed)])
+    hook = by_name(stored["spec"]["containers"])[installed.target()]
+    config = serve_config(build_parser({}).parse_args(["serve", *hook["args"]]))
+    assert config.hook_socket is None  # plugin mode: no legacy hook socket
+    assert str(config.plugin_socket) == socket_path
+    assert by_name(hook["volumeMounts"])[PLUGIN_VOLUME] == {
+        "name": PLUGIN_VOLUME,
+        "mountPath": os.path.dirname(socket_path) + "/",
+        "subPath": plugin["metadata"]["name"],
+    }
 
 
 def test_uninstall_leaves_nothing_behind(

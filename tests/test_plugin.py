@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import yaml
 
-from hook_sidecar.cli import build_parser, serve_config
 from tests import k8s_render as render
 from tests.conftest import EXAMPLES, ROOT
 from tests.support.peers import run_peer
@@ -260,22 +259,3 @@ def test_plugin_lists_exactly_the_policies_installed_with_it(overlay: str) -> No
         p["metadata"]["name"] for p in render.of_kind(objects, "MutatingAdmissionPolicy")
     )
     assert listed == installed
-
-
-def test_plugin_socket_is_what_the_sidecar_serves(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The socket the Plugin names is the one the injected container's args serve."""
-    from tests.k8s_policy import admit
-
-    monkeypatch.setattr(os, "environ", {})  # the parser reads QAT_HOOK_*: not the developer's
-    objects = render.kustomize(render.OVERLAYS / "plugin-podresources")
-    pod = admit(objects, yaml.safe_load((ROOT / "tests/data/virt-launcher-pod.yaml").read_text()))
-    hook = next(c for c in pod["spec"]["containers"] if c["name"] == "qat-hook")
-    config = serve_config(build_parser({}).parse_args(["serve", *hook["args"]]))
-    assert config.hook_socket is None  # plugin mode: no legacy socket
-    assert str(config.plugin_socket) == SOCKET
-    mount = next(m for m in hook["volumeMounts"] if m["name"] == "kubevirt-plugin-sockets")
-    assert mount == {
-        "name": "kubevirt-plugin-sockets",
-        "mountPath": os.path.dirname(SOCKET) + "/",
-        "subPath": render.one(objects, "Plugin")["metadata"]["name"],
-    }
