@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES, VF, ServerProcess, start_server
-from tests.support.peers import run_peer
+from tests.support.peers import hook_manager
 
 VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3")
 
@@ -45,20 +45,7 @@ def drive(
     hooks_dir: Path, tmp_path: Path, vmi: Path = EXAMPLES / "vmi.json", *extra: str
 ) -> tuple[subprocess.CompletedProcess[bytes], dict[str, object]]:
     report = tmp_path / "report.json"
-    result = run_peer(
-        "hookdriver",
-        "-hooks-dir",
-        str(hooks_dir),
-        "-vmi",
-        str(vmi),
-        "-domain",
-        str(EXAMPLES / "domain.xml"),
-        "-timeout",
-        "20s",
-        "-report",
-        str(report),
-        *extra,
-    )
+    result = hook_manager(hooks_dir, vmi, EXAMPLES / "domain.xml", "-report", str(report), *extra)
     return result, json.loads(report.read_text()) if report.exists() else {}
 
 

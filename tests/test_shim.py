@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES, VF, clean_env, spawn_server
-from tests.support.peers import peer, run_peer
+from tests.support.peers import hook_manager, peer
 from tests.test_kubevirt_hooks import launcher_view, vf_hostdevs
 
 # Linux refuses any single exec argument longer than MAX_ARG_STRLEN (32 pages: 128 KiB).
@@ -64,17 +64,7 @@ def shim(tmp_path: Path) -> Iterator[Shim]:
 
 
 def drive(hooks_dir: Path, vmi: Path) -> subprocess.CompletedProcess[bytes]:
-    return run_peer(
-        "hookdriver",
-        "-hooks-dir",
-        str(hooks_dir),
-        "-vmi",
-        str(vmi),
-        "-domain",
-        str(EXAMPLES / "domain.xml"),
-        "-timeout",
-        "20s",
-    )
+    return hook_manager(hooks_dir, vmi, EXAMPLES / "domain.xml")
 
 
 def big_vmi(tmp_path: Path) -> Path:

@@ -53,3 +53,11 @@ def run_peer(
         timeout=timeout,
         check=False,
     )
+
+
+def hook_manager(
+    hooks_dir: Path, vmi: Path, domain: Path, *extra: str
+) -> subprocess.CompletedProcess[bytes]:
+    """KubeVirt's hook manager (``hookdriver``) calling every sidecar socket under ``hooks_dir``."""
+    args = ("-hooks-dir", str(hooks_dir), "-vmi", str(vmi), "-domain", str(domain))
+    return run_peer("hookdriver", *args, "-timeout", "20s", *extra)
