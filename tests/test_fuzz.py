@@ -137,7 +137,11 @@ def test_mutated_domains_over_grpc(socket_path: Path, domain: bytes) -> None:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated(VMI))
 def test_mutated_vmis_over_grpc(socket_path: Path, vmi: bytes) -> None:
-    assert_clean(*call(socket_path, DOMAIN, vmi))
+    """A mutation may turn the VMI into one that wants no VF: then the domain comes back as sent."""
+    code, message, domain = call(socket_path, DOMAIN, vmi)
+    if code == grpc.StatusCode.OK and domain == DOMAIN:
+        return  # e.g. "spec.domain" renamed: no QAT resource is asked for any more
+    assert_clean(code, message, domain)
 
 
 ENV_NAMES = st.sampled_from(
