@@ -397,38 +397,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _guarded(PROG, run)
 
 
-SHIM_DESCRIPTION = (
-    "onDefineDomain --vmi JSON --domain XML: the script KubeVirt's sidecar-shim runs. "
-    "Prints the new domain XML. Options beyond the two come from the same QAT_HOOK_* "
-    "variables as qat-hook serve."
-)
-
-
-def shim_main(argv: Sequence[str] | None = None) -> int:
-    """``onDefineDomain``: the same hook as ``serve``, as the sidecar-shim's script."""
-
-    def run() -> int:
-        from hook_sidecar.hook import on_define_domain
-
-        parser = _Parser(prog="onDefineDomain", description=SHIM_DESCRIPTION)
-        parser.add_argument("--vmi", required=True, help="the VMI object as JSON (a string)")
-        parser.add_argument("--domain", required=True, help="the domain XML (a string)")
-        parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-        settings.add_options(
-            parser, settings.DISCOVERY_OPTIONS + settings.TRANSFORM_OPTIONS, os.environ
-        )
-        args = parser.parse_args(argv)
-        outcome = on_define_domain(
-            args.domain.encode(), args.vmi, _environment(), hook_settings(args)
-        )
-        for warning in outcome.warnings:
-            _warn(warning, "onDefineDomain")
-        sys.stdout.buffer.write(outcome.domain_xml)
-        sys.stdout.flush()
-        return 0
-
-    return _guarded("onDefineDomain", run)
-
-
 if __name__ == "__main__":
     sys.exit(main())

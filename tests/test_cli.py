@@ -271,7 +271,7 @@ def test_flag_wins_over_environment() -> None:
 def run_shim(*args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
     import subprocess
 
-    code = "import sys; from hook_sidecar.cli import shim_main; sys.exit(shim_main())"
+    code = "import sys; from hook_sidecar.shim import main; sys.exit(main())"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
