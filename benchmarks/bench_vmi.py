@@ -14,7 +14,10 @@ unique keys, short strings, a non-Latin-1 character that makes the decoded text
 four bytes a character). Hostile: 60 MiB of ``[{},...]`` (refused by size) and
 2 MiB of it (refused by count, at the first value past the bound).
 
-    python benchmarks/bench_vmi.py [--json]
+``--baseline DIR`` reads each input with the ``hook_sidecar`` package in DIR too (say,
+the last release's), in the same run, for a before/after.
+
+    python benchmarks/bench_vmi.py [--baseline DIR] [--json]
 """
 
 from __future__ import annotations
@@ -101,12 +104,12 @@ CASES = {
 }
 
 
-def measure(case: str) -> dict[str, object]:
+def measure(case: str, root: Path = ROOT) -> dict[str, object]:
     with tempfile.NamedTemporaryFile(suffix=".json") as data:
         data.write(build(case))
         data.flush()
         proc = subprocess.run(
-            [sys.executable, "-c", CHILD, str(ROOT), data.name],
+            [sys.executable, "-c", CHILD, str(root), data.name],
             capture_output=True,
             check=True,
             text=True,
@@ -118,18 +121,28 @@ def measure(case: str) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="a directory holding another hook_sidecar package: measured too, same run",
+    )
     args = parser.parse_args()
-    rows = {case: measure(case) for case in CASES}
+    roots = {"now": ROOT} | ({"baseline": args.baseline} if args.baseline else {})
+    rows = {name: {case: measure(case, root) for case in CASES} for name, root in roots.items()}
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows if args.baseline else rows["now"], indent=2))
         return 0
     print(f"python {platform.python_version()}; peak RSS added by reading (MiB)")
-    for case, row in rows.items():
-        added = (int(row["peak_kib"]) - int(row["baseline_kib"])) / 1024  # type: ignore[call-overload]
-        print(
-            f"  {CASES[case]:48} {int(row['bytes']):>10} B  +{added:6.1f} MiB  "  # type: ignore[call-overload]
-            f"{float(row['ms']):8.1f} ms  {row['outcome']}"  # type: ignore[arg-type]
-        )
+    for case in CASES:
+        for name, measured in rows.items():
+            row = measured[case]
+            added = (int(row["peak_kib"]) - int(row["baseline_kib"])) / 1024  # type: ignore[call-overload]
+            label = CASES[case] if name == "now" else f"  ({name})"
+            print(
+                f"  {label:48} {int(row['bytes']):>10} B  +{added:6.1f} MiB  "  # type: ignore[call-overload]
+                f"{float(row['ms']):8.3f} ms  {row['outcome']}"  # type: ignore[arg-type]
+            )
     return 0
 
 

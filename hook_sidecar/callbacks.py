@@ -10,6 +10,7 @@ stops the server.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, TypeAlias
@@ -62,7 +63,9 @@ class HookRunner:
     """Runs one callback: the hook, its log lines, and the error-to-status mapping.
 
     At most ``concurrency`` calls run the hook at once (each holds its documents in
-    memory); the others wait their turn.
+    memory); the others wait their turn. A refusal and the hook's warnings are logged
+    before the reply; the call's summary line (what was injected, how long it took)
+    once the reply is sent, off the caller's path: grpc runs it when the call ends.
     """
 
     def __init__(self, hook: Hook, concurrency: int = 2) -> None:
@@ -105,13 +108,15 @@ class HookRunner:
         finally:
             with self._lock:
                 self._running -= 1
-        self._report(outcome, callback, fields)
-        return outcome.domain_xml
-
-    def _report(self, outcome: HookOutcome, callback: str, fields: dict[str, Any]) -> None:
-        found = outcome.discovery
         for warning in outcome.warnings:
             self._log.warning("%s", warning, extra={"vmi": outcome.vmi_name, **fields})
+        summary = functools.partial(self._summary, outcome, callback, fields)
+        if not context.add_callback(summary):  # the call has ended already
+            summary()
+        return outcome.domain_xml
+
+    def _summary(self, outcome: HookOutcome, callback: str, fields: dict[str, Any]) -> None:
+        found = outcome.discovery
         added = outcome.result.added if outcome.result else ()
         present = outcome.result.already_present if outcome.result else ()
         self._log.info(
@@ -141,13 +146,20 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 
 
 class InfoServicer:
-    def __init__(self, name: str, versions: Sequence[str]) -> None:
+    """``Info``; ``answered`` (if any) is set once a reply to it has been sent."""
+
+    def __init__(
+        self, name: str, versions: Sequence[str], answered: threading.Event | None = None
+    ) -> None:
         points = [info_pb2.HookPoint(name=ON_DEFINE_DOMAIN, priority=0)]
         if "v1alpha3" in versions:
             points.append(info_pb2.HookPoint(name=SHUTDOWN, priority=0))
         self._result = info_pb2.InfoResult(name=name, hookPoints=points, versions=list(versions))
+        self._answered = answered
 
     def Info(self, request: info_pb2.InfoParams, context: grpc.ServicerContext) -> Any:
+        if self._answered is not None and not self._answered.is_set():
+            context.add_callback(self._answered.set)
         return self._result
 
 
@@ -255,9 +267,10 @@ def add_hook_services(
     versions: Sequence[str],
     on_shutdown: Callable[[], None],
     watch: unary.RequestWatch,
+    info_answered: threading.Event | None = None,
 ) -> None:
     """Info and the Callbacks service of each of ``versions``."""
-    info = InfoServicer(name, versions)
+    info = InfoServicer(name, versions, info_answered)
     unary.add_service(
         server,
         "kubevirt.hooks.info.Info",

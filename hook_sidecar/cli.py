@@ -13,8 +13,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from hook_sidecar import __version__, settings
@@ -237,7 +235,8 @@ def _read_vmi(path: str) -> tuple[Mapping[str, Any], str | None]:
 
 def _write(path: str, data: bytes) -> None:
     try:
-        Path(path).write_bytes(data)
+        with open(path, "wb") as stream:
+            stream.write(data)
     except OSError as err:
         raise HookError(f"cannot write {path}: {err.strerror or err}") from None
 
@@ -326,7 +325,7 @@ def run_discover(args: argparse.Namespace) -> int:
         if decided.wanted and decided.devices:
             devices = hook.host_devices(decided, config.guest_addresses)
             result = transform(domain, devices, config.transform, decided.host_cpus)
-            decided = replace(decided, warnings=decided.warnings + result.warnings)
+            decided = decided._replace(warnings=decided.warnings + result.warnings)
             cells = {added.address: added.guest_cell for added in result.added}
     for warning in decided.warnings:
         _warn(warning)
@@ -346,12 +345,13 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     from hook_sidecar.server import ServeConfig
 
     versions = tuple(dict.fromkeys(args.hook_api_version)) or settings.HOOK_API_VERSIONS
-    plugin_socket = Path(args.plugin_socket) if args.plugin_socket else None
+    plugin_socket = args.plugin_socket or None
     # Plugin mode is --plugin-socket alone; naming a hook socket too serves both.
     hook_socket = None
     if plugin_socket is None or args.socket_dir or args.socket_name:
-        hook_socket = Path(args.socket_dir or settings.DEFAULT_SOCKET_DIR) / (
-            args.socket_name or settings.DEFAULT_SOCKET_NAME
+        hook_socket = os.path.join(
+            args.socket_dir or settings.DEFAULT_SOCKET_DIR,
+            args.socket_name or settings.DEFAULT_SOCKET_NAME,
         )
     return ServeConfig(
         hook_socket=hook_socket,

@@ -13,10 +13,10 @@ call behaves alike in the server, the CLI and the tests. No grpc here.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from types import MappingProxyType
+from typing import Literal, NamedTuple
 
 from hook_sidecar import dra, podresources, sources, sysfs
 from hook_sidecar import vmi as vmis
@@ -31,34 +31,31 @@ OnMissing = Literal["fail", "skip"]
 VerifySysfs = Literal["off", "warn", "strict"]
 
 
-@dataclass(frozen=True)
-class DiscoveryConfig:
+class DiscoveryConfig(NamedTuple):
     """Every knob of discovery, as plain values (the CLI builds it from flags and variables)."""
 
     devices: tuple[PciAddress, ...] = ()
     devices_from: str = "--device"
     """Where ``devices`` were given: ``--device`` or ``QAT_HOOK_DEVICES`` (logs name it)."""
     resource_patterns: tuple[str, ...] = vmis.DEFAULT_RESOURCE_PATTERNS
-    dra_root: Path = dra.DEFAULT_ROOT
-    sysfs_root: Path = sysfs.DEFAULT_ROOT
+    dra_root: str | os.PathLike[str] = dra.DEFAULT_ROOT
+    sysfs_root: str | os.PathLike[str] = sysfs.DEFAULT_ROOT
     verify_sysfs: VerifySysfs = "warn"
     allow_vmi_devices: bool = False
     on_missing: OnMissing = "fail"
-    podresources_socket: Path | None = None
+    podresources_socket: str | os.PathLike[str] | None = None
     """kubelet's PodResources socket; None leaves kubelet out."""
     podresources_deadline: float = podresources.DEADLINE_SECONDS
 
 
-@dataclass(frozen=True)
-class HostNode:
+class HostNode(NamedTuple):
     """A VF's host NUMA node (None when unknown) and where that answer came from."""
 
     node: int | None
     origin: str
 
 
-@dataclass(frozen=True)
-class Discovery:
+class Discovery(NamedTuple):
     """The outcome: inject ``devices`` (maybe none), with everything a user needs to check it."""
 
     wanted: bool
@@ -68,8 +65,8 @@ class Discovery:
     detail: str = ""
     expected: int | None = None
     warnings: tuple[str, ...] = ()
-    host_nodes: Mapping[PciAddress, HostNode] = field(default_factory=dict)
-    host_cpus: Mapping[int, int] = field(default_factory=dict)
+    host_nodes: Mapping[PciAddress, HostNode] = MappingProxyType({})
+    host_cpus: Mapping[int, int] = MappingProxyType({})
     """This host's CPU -> NUMA node map (sysfs), for guest NUMA placement by vCPU pinning."""
 
     def numa_node(self, address: PciAddress) -> int | None:
@@ -140,7 +137,19 @@ def first_found(
     return winner, looked
 
 
-def host_nodes_of(winner: Candidates, sysfs_root: Path) -> dict[PciAddress, HostNode]:
+@functools.lru_cache(maxsize=8)
+def host_cpu_map(sysfs_root: str) -> Mapping[int, int]:
+    """This host's CPU -> NUMA node map, read from sysfs once per root for the process's life.
+
+    Node membership of a host's CPUs does not change under a running VM, and the
+    sidecar serves one VM: no call needs to read it again.
+    """
+    return MappingProxyType(sysfs.host_cpu_nodes(sysfs_root))
+
+
+def host_nodes_of(
+    winner: Candidates, sysfs_root: str | os.PathLike[str]
+) -> dict[PciAddress, HostNode]:
     """Each VF's host NUMA node: the source's own answer when it is one node, else sysfs."""
     nodes = {}
     for address in winner.devices:
@@ -244,5 +253,5 @@ def discover(
         expected=request.expected,
         warnings=tuple(warnings),
         host_nodes=host_nodes_of(winner, config.sysfs_root),
-        host_cpus=sysfs.host_cpu_nodes(config.sysfs_root),
+        host_cpus=host_cpu_map(os.fspath(config.sysfs_root)),
     )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from hook_sidecar import boundedjson
@@ -24,7 +23,7 @@ from hook_sidecar.errors import InvalidInput
 from hook_sidecar.pci import PciAddress, PciAddressError
 from hook_sidecar.sources import Candidates, Lookup, SourceInput, dedupe
 
-DEFAULT_ROOT = Path("/var/run/kubernetes.io/dra-device-attributes")
+DEFAULT_ROOT = "/var/run/kubernetes.io/dra-device-attributes"
 PCI_BUS_ID_ATTRIBUTE = "resource.kubernetes.io/pciBusID"
 MAX_FILE_BYTES = 1024 * 1024
 MAX_FILES = 256
@@ -36,20 +35,22 @@ class Unusable(Exception):
     """A metadata file the source skips; the message names the file and why."""
 
 
-def _inside(path: Path, real_root: str) -> bool:
+def _inside(path: str, real_root: str) -> bool:
     real = os.path.realpath(path)
     return os.path.commonpath((real, real_root)) == real_root
 
 
-def _listing(folder: Path, warnings: list[str]) -> list[Path]:
+def _listing(folder: str, warnings: list[str]) -> list[str]:
     try:
-        return sorted(folder.iterdir()) if folder.is_dir() else []
+        if not os.path.isdir(folder):
+            return []
+        return [os.path.join(folder, name) for name in sorted(os.listdir(folder))]
     except OSError as err:
         warnings.append(f"DRA metadata: skipped {folder}: {err.strerror}")
         return []
 
 
-def _metadata_files(folders: list[Path], real_root: str, warnings: list[str]) -> Iterator[Path]:
+def _metadata_files(folders: list[str], real_root: str, warnings: list[str]) -> Iterator[str]:
     """``<claim>/<request>/*-metadata.json``; folders that lead out of the root are skipped."""
     for claim in folders:
         if not _inside(claim, real_root):
@@ -59,22 +60,23 @@ def _metadata_files(folders: list[Path], real_root: str, warnings: list[str]) ->
             if not _inside(request, real_root):
                 warnings.append(f"DRA metadata: skipped {request}: it leads out of {real_root}")
                 continue
-            yield from (p for p in _listing(request, warnings) if p.name.endswith("-metadata.json"))
+            yield from (p for p in _listing(request, warnings) if p.endswith("-metadata.json"))
 
 
-def _claim_folders(root: Path, vmi: vmis.Vmi, warnings: list[str]) -> tuple[list[Path], str]:
+def _claim_folders(root: str, vmi: vmis.Vmi, warnings: list[str]) -> tuple[list[str], str]:
     claims = vmis.claim_directories(vmi)
-    folders: list[Path] = []
+    folders: list[str] = []
     for kind, index in (("resourceclaims", 0), ("resourceclaimtemplates", 1)):
-        for claim in _listing(root / kind, warnings):
-            if claims is None or claim.name in claims[index]:
+        for claim in _listing(os.path.join(root, kind), warnings):
+            if claims is None or os.path.basename(claim) in claims[index]:
                 folders.append(claim)
     scope = "all claims" if claims is None else "the claims the VMI names"
     return folders, scope
 
 
-def read_bounded(path: Path, real_root: str) -> bytes:
+def read_bounded(path: str | os.PathLike[str], real_root: str) -> bytes:
     """The bytes of a regular file inside the root, or ``Unusable`` saying why not."""
+    path = os.fspath(path)
     if not _inside(path, real_root):
         raise Unusable(f"{path} leads out of {real_root}")
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
@@ -99,7 +101,7 @@ def read_bounded(path: Path, real_root: str) -> bytes:
     return data
 
 
-def _list(value: Any, path: Path, field: str) -> list[Any]:
+def _list(value: Any, path: str, field: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -107,14 +109,15 @@ def _list(value: Any, path: Path, field: str) -> list[Any]:
     return value
 
 
-def _object(value: Any, path: Path, field: str) -> dict[str, Any]:
+def _object(value: Any, path: str, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Unusable(f"{path}: {field} is not an object")
     return value
 
 
-def pci_bus_ids(document: Any, path: Path) -> list[PciAddress]:
+def pci_bus_ids(document: Any, path: str | os.PathLike[str]) -> list[PciAddress]:
     """Every device's ``resource.kubernetes.io/pciBusID``; shape problems are ``Unusable``."""
+    path = os.fspath(path)
     top = _object(document, path, "the document")
     addresses = []
     for r, request in enumerate(_list(top.get("requests"), path, "requests")):
@@ -135,16 +138,17 @@ def pci_bus_ids(document: Any, path: Path) -> list[PciAddress]:
     return addresses
 
 
-def source(root: Path) -> Callable[[SourceInput], Lookup]:
+def source(root: str | os.PathLike[str]) -> Callable[[SourceInput], Lookup]:
     """The DRA metadata under ``root``; only the claims the VMI names, when it names any."""
-    where = f"DRA metadata under {root}"
+    top = os.fspath(root)
+    where = f"DRA metadata under {top}"
 
     def look(call: SourceInput) -> Lookup:
-        if not root.is_dir():
+        if not os.path.isdir(top):
             return Lookup(f"{where} (no such directory)")
-        real_root = os.path.realpath(root)
+        real_root = os.path.realpath(top)
         warnings: list[str] = []
-        folders, scope = _claim_folders(root, call.vmi, warnings)
+        folders, scope = _claim_folders(top, call.vmi, warnings)
         devices: list[PciAddress] = []
         used = []
         for count, path in enumerate(_metadata_files(folders, real_root, warnings)):
@@ -161,7 +165,7 @@ def source(root: Path) -> Callable[[SourceInput], Lookup]:
                 warnings.append(f"DRA metadata: skipped {err}")
                 continue
             if found:
-                used.append(str(path.relative_to(root)))
+                used.append(os.path.relpath(path, top))
                 devices.extend(found)
         if not devices:
             skipped = f"; {len(warnings)} problem(s): {warnings[0]}" if warnings else ""

@@ -26,7 +26,8 @@ MAX_MESSAGE_BYTES = 2048
 
 # C0 and C1 controls, DEL, lone surrogates (unencodable in UTF-8) and the two
 # Unicode line separators that splitlines() and many log viewers honour.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]")
+# Compiled by re on first use: most text is printable and never needs it.
+_UNSAFE = "[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029]"
 _CUT_MARK = " ... [cut: {} more bytes]"
 
 
@@ -36,7 +37,9 @@ def escape(text: str) -> str:
     The escape is Python's own (``repr`` of the one character, quotes dropped): ``\\n``,
     ``\\r``, ``\\t``, ``\\xNN`` up to 0xff and ``\\uNNNN`` above.
     """
-    return _UNSAFE.sub(lambda match: repr(match.group())[1:-1], text)
+    if text.isprintable():  # every character _UNSAFE matches is non-printable
+        return text
+    return re.sub(_UNSAFE, lambda match: repr(match.group())[1:-1], text)
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from hook_sidecar import discovery
 from hook_sidecar import vmi as vmis
@@ -19,8 +19,7 @@ from hook_sidecar.pci import PciAddress
 from hook_sidecar.sources import addresses_text
 
 
-@dataclass(frozen=True)
-class HookSettings:
+class HookSettings(NamedTuple):
     """What a running hook needs besides the request: fixed at start-up."""
 
     discovery: discovery.DiscoveryConfig
@@ -48,8 +47,7 @@ def host_devices(
     ]
 
 
-@dataclass(frozen=True)
-class HookOutcome:
+class HookOutcome(NamedTuple):
     domain_xml: bytes
     vmi_name: str
     discovery: discovery.Discovery

@@ -7,8 +7,9 @@ never loads the XML stack at all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Literal, NamedTuple
 
 from hook_sidecar.pci import PciAddress
 
@@ -25,8 +26,7 @@ Managed = Literal["no", "yes"]
 NumaPlacement = Literal["auto", "off", "strict"]
 
 
-@dataclass(frozen=True)
-class HostDevice:
+class HostDevice(NamedTuple):
     """One host PCI device to pass through, with an optional guest placement."""
 
     address: PciAddress
@@ -35,8 +35,7 @@ class HostDevice:
     """The VF's host NUMA node when known (sysfs or kubelet); drives guest NUMA placement."""
 
 
-@dataclass(frozen=True)
-class TransformOptions:
+class TransformOptions(NamedTuple):
     """Knobs of the transform; the defaults are right for KubeVirt."""
 
     managed: Managed = "no"
@@ -45,8 +44,7 @@ class TransformOptions:
     numa_placement: NumaPlacement = "auto"
 
 
-@dataclass(frozen=True)
-class AddedDevice:
+class AddedDevice(NamedTuple):
     """A device the transform wrote, with the alias it was given."""
 
     address: PciAddress
@@ -56,11 +54,45 @@ class AddedDevice:
     """The guest NUMA cell the device was placed on, when NUMA placement placed it."""
 
 
-@dataclass(frozen=True)
-class TransformResult:
+class TransformResult(NamedTuple):
     """The new domain XML and what happened to each requested device."""
 
     xml: bytes
     added: tuple[AddedDevice, ...] = ()
     already_present: tuple[PciAddress, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+# --- guest NUMA placement's decisions (numa.place), which the transform writes -----------
+
+
+class ExpanderBus(NamedTuple):
+    """A new ``pcie-expander-bus`` controller: bus numbers from ``bus_nr`` up, on guest ``cell``."""
+
+    index: int  # type: ignore[assignment]  # libvirt's controller index (shadows tuple.index)
+    bus_nr: int
+    cell: int
+
+
+class RootPort(NamedTuple):
+    """A new ``pcie-root-port`` controller, plugged into ``bus`` (an expander's index)."""
+
+    index: int  # type: ignore[assignment]  # as above
+    chassis: int
+    bus: int
+    slot: int
+
+
+class Placement(NamedTuple):
+    """What placement decided; the transform writes it.
+
+    ``controllers`` are the expander buses and root ports to append to
+    ``<devices>`` before the hostdevs, in that order; ``guest_addresses`` maps
+    a VF's host address to the guest address of its root port (slot 0), and
+    ``cells`` to the guest NUMA cell it was placed on.
+    """
+
+    guest_addresses: Mapping[PciAddress, PciAddress] = MappingProxyType({})
+    cells: Mapping[PciAddress, int] = MappingProxyType({})
+    controllers: tuple[ExpanderBus | RootPort, ...] = ()
     warnings: tuple[str, ...] = ()

@@ -6,8 +6,6 @@ kernel's cpulists with the same ``cpuset``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 MAX_CPUS = 16384
 """libvirt's own bound on a cpuset (VIR_DOMAIN_CPUMASK_LEN); larger ids are not CPUs."""
 MAX_NODES = 1024
@@ -59,11 +57,11 @@ def _small(text: str) -> int | None:
     return _int(text, 10) if text.isascii() and text.isdigit() else None
 
 
-@dataclass
 class Budget:
     """How many more ids the cpusets of one document may expand to."""
 
-    left: int = MAX_EXPANDED
+    def __init__(self, left: int = MAX_EXPANDED) -> None:
+        self.left = left
 
 
 def cpuset(

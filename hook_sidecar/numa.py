@@ -24,13 +24,13 @@ returns:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from lxml import etree
 
 from hook_sidecar.domain_xml import attribute, child
 from hook_sidecar.errors import PreconditionFailed
-from hook_sidecar.hostdevs import HostDevice, NumaPlacement
+from hook_sidecar.hostdevs import ExpanderBus, HostDevice, NumaPlacement, Placement, RootPort
 from hook_sidecar.libvirt_values import MAX_NODES, Budget, cpuset, number
 from hook_sidecar.pci import PciAddress
 from hook_sidecar.pci_topology import MAX_SLOT, Controller, Topology
@@ -40,46 +40,10 @@ class PlacementFailed(PreconditionFailed):
     """``strict`` placement could not place a VF on its guest NUMA cell."""
 
 
-@dataclass(frozen=True)
-class ExpanderBus:
-    """A new ``pcie-expander-bus`` controller: bus numbers from ``bus_nr`` up, on guest ``cell``."""
-
-    index: int
-    bus_nr: int
-    cell: int
-
-
-@dataclass(frozen=True)
-class RootPort:
-    """A new ``pcie-root-port`` controller, plugged into ``bus`` (an expander's index)."""
-
-    index: int
-    chassis: int
-    bus: int
-    slot: int
-
-
-@dataclass(frozen=True)
-class Placement:
-    """What placement decided; the transform writes it.
-
-    ``controllers`` are the expander buses and root ports to append to
-    ``<devices>`` before the hostdevs, in that order; ``guest_addresses`` maps
-    a VF's host address to the guest address of its root port (slot 0), and
-    ``cells`` to the guest NUMA cell it was placed on.
-    """
-
-    guest_addresses: Mapping[PciAddress, PciAddress] = field(default_factory=dict)
-    cells: Mapping[PciAddress, int] = field(default_factory=dict)
-    controllers: tuple[ExpanderBus | RootPort, ...] = ()
-    warnings: tuple[str, ...] = ()
-
-
 # --- what the domain says ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Guest:
+class _Guest(NamedTuple):
     """The guest NUMA facts: cells and their vCPUs, memnode and vCPU pinning maps."""
 
     cells: dict[int, frozenset[int]]
@@ -135,11 +99,11 @@ class _Guest:
 # --- the decisions -------------------------------------------------------------------
 
 
-@dataclass
 class _Unplaced:
     """VFs that keep today's placement, with the reason for each."""
 
-    reasons: list[tuple[PciAddress, str]] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.reasons: list[tuple[PciAddress, str]] = []
 
     def add(self, address: PciAddress, reason: str) -> None:
         self.reasons.append((address, reason))

@@ -9,7 +9,7 @@ that KubeVirt or an earlier run already wrote.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from hook_sidecar.errors import InvalidInput
 
@@ -30,24 +30,32 @@ class PciAddressError(InvalidInput):
     """A PCI address that cannot be used; the message names the value and the fix."""
 
 
-@dataclass(frozen=True, order=True)
-class PciAddress:
-    """A PCI address (domain, bus, slot, function), ordered as the kernel lists them."""
-
+class _Fields(NamedTuple):
     domain: int
     bus: int
     slot: int
     function: int
 
-    def __post_init__(self) -> None:
+
+class PciAddress(_Fields):
+    """A PCI address (domain, bus, slot, function), ordered as the kernel lists them.
+
+    A NamedTuple, as every value type here: a dataclass costs about 0.5 ms to create
+    at import, paid by every sidecar start and every shim call (docs/performance.md).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, domain: int, bus: int, slot: int, function: int) -> PciAddress:
         for name, value, limit in (
-            ("domain", self.domain, MAX_DOMAIN),
-            ("bus", self.bus, MAX_BUS),
-            ("slot", self.slot, MAX_SLOT),
-            ("function", self.function, MAX_FUNCTION),
+            ("domain", domain, MAX_DOMAIN),
+            ("bus", bus, MAX_BUS),
+            ("slot", slot, MAX_SLOT),
+            ("function", function, MAX_FUNCTION),
         ):
             if not 0 <= value <= limit:
                 raise PciAddressError(f"PCI {name} {value:#x} is out of range (0 to {limit:#x})")
+        return super().__new__(cls, domain, bus, slot, function)
 
     @classmethod
     def parse(cls, text: str) -> PciAddress:

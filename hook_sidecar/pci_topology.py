@@ -7,7 +7,7 @@ numbers through ``libvirt_values``), for guest NUMA placement to add to.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from lxml import etree
 
@@ -22,26 +22,25 @@ MAX_CHASSIS = 255
 EXPANDERS = ("pcie-expander-bus", "pci-expander-bus")
 
 
-@dataclass(frozen=True)
-class Controller:
+class Controller(NamedTuple):
     """A PCI controller of the domain: its index, model, bus, bus number and guest node."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # libvirt's controller index (shadows tuple.index)
     model: str | None
     parent: int | None  # the bus (controller index) its own PCI address is on
     bus_nr: int | None
     node: int | None
 
 
-@dataclass
 class Topology:
     """The domain's PCI controllers, and what is already plugged where."""
 
-    controllers: dict[int, Controller] = field(default_factory=dict)
-    taken_indexes: set[int] = field(default_factory=lambda: {0})
-    slots: dict[int, set[int]] = field(default_factory=dict)  # bus index -> slots taken on it
-    chassis: set[int] = field(default_factory=set)  # chassis numbers spelled out
-    below: dict[int, int] = field(default_factory=dict)  # expander -> controllers under it
+    def __init__(self) -> None:
+        self.controllers: dict[int, Controller] = {}
+        self.taken_indexes: set[int] = {0}
+        self.slots: dict[int, set[int]] = {}  # bus index -> slots taken on it
+        self.chassis: set[int] = set()  # chassis numbers spelled out
+        self.below: dict[int, int] = {}  # expander -> controllers under it
 
     @classmethod
     def read(cls, root: etree._Element, reserved: Sequence[PciAddress]) -> Topology:

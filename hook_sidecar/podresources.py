@@ -18,9 +18,7 @@ import re
 import socket as sockets
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hook_sidecar import vmi as vmis
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
@@ -29,7 +27,7 @@ from hook_sidecar.sources import Candidates, Lookup, SourceInput, dedupe
 
 COMPUTE_CONTAINER = "compute"
 DEADLINE_SECONDS = 2.0
-DEFAULT_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 MAX_SOCKET_PATH_BYTES = 107
 """Linux's sun_path holds 108 bytes with the terminating NUL."""
 ROOT_FIX = (
@@ -101,7 +99,7 @@ def devices_of(
 
 
 def source(
-    socket_path: Path, patterns: Sequence[str], deadline: float = DEADLINE_SECONDS
+    socket_path: str | os.PathLike[str], patterns: Sequence[str], deadline: float = DEADLINE_SECONDS
 ) -> Callable[[SourceInput], Lookup]:
     """A discovery source that asks kubelet on ``socket_path`` for this pod's allocation."""
     where = f"kubelet PodResources at {socket_path}"
@@ -124,7 +122,7 @@ def identity() -> str:
     return f"uid {os.getuid()} gid {os.getgid()}{extra}"
 
 
-def _owner(path: Path) -> str:
+def _owner(path: str | os.PathLike[str]) -> str:
     try:
         info = os.stat(path)
     except OSError:
@@ -132,15 +130,15 @@ def _owner(path: Path) -> str:
     return f" (mode {stat.S_IMODE(info.st_mode):04o}, owner {info.st_uid}:{info.st_gid})"
 
 
-def unreachable(socket_path: Path, what: str, fix: str) -> str:
+def unreachable(socket_path: str | os.PathLike[str], what: str, fix: str) -> str:
     """The one line that says kubelet cannot be reached: the path, who we are, why, the fix."""
     return (
         f"cannot reach kubelet's PodResources socket {socket_path} as {identity()}: {what}; {fix}"
     )
 
 
-def _os_problem(socket_path: Path, err: OSError) -> str:
-    folder = socket_path.parent
+def _os_problem(socket_path: str | os.PathLike[str], err: OSError) -> str:
+    folder = os.path.dirname(socket_path)
     code = err.errno
     if code in (errno.EACCES, errno.EPERM):
         return unreachable(
@@ -158,7 +156,7 @@ def _os_problem(socket_path: Path, err: OSError) -> str:
     if code in (errno.ENOENT, errno.ENOTDIR):
         return unreachable(
             socket_path,
-            f"{folder} is there but holds no {socket_path.name}",
+            f"{folder} is there but holds no {os.path.basename(socket_path)}",
             "check that kubelet runs and that the host's /var/lib/kubelet/pod-resources "
             "directory is mounted there",
         )
@@ -171,7 +169,7 @@ def _os_problem(socket_path: Path, err: OSError) -> str:
     )
 
 
-def _too_long(socket_path: Path) -> str:
+def _too_long(socket_path: str | os.PathLike[str]) -> str:
     return unreachable(
         socket_path,
         f"the path is {len(os.fsencode(socket_path))} bytes, more than a unix socket takes "
@@ -180,7 +178,7 @@ def _too_long(socket_path: Path) -> str:
     )
 
 
-def reach(socket_path: Path) -> tuple[bool, str | None]:
+def reach(socket_path: str | os.PathLike[str]) -> tuple[bool, str | None]:
     """Whether the socket is not mounted at all, and else what stops a connection, if known.
 
     Checked with stat before grpc dials: grpc reports every failure as UNAVAILABLE, while
@@ -192,7 +190,7 @@ def reach(socket_path: Path) -> tuple[bool, str | None]:
         os.stat(socket_path)
     except (FileNotFoundError, NotADirectoryError) as err:
         try:
-            os.stat(socket_path.parent)
+            os.stat(os.path.dirname(socket_path))
         except OSError:
             return True, None  # the directory is not there: this source is not set up
         return False, _os_problem(socket_path, err)
@@ -201,12 +199,12 @@ def reach(socket_path: Path) -> tuple[bool, str | None]:
     return False, None
 
 
-def _why_unavailable(socket_path: Path, deadline: float) -> str | None:
+def _why_unavailable(socket_path: str | os.PathLike[str], deadline: float) -> str | None:
     """After grpc found kubelet UNAVAILABLE: the errno of a plain connect, if it fails."""
     probe = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
     probe.settimeout(deadline)
     try:
-        probe.connect(str(socket_path))
+        probe.connect(os.fspath(socket_path))
     except TimeoutError:
         return _timed_out(socket_path, deadline)
     except OSError as err:
@@ -216,7 +214,7 @@ def _why_unavailable(socket_path: Path, deadline: float) -> str | None:
     return None
 
 
-def _timed_out(socket_path: Path, deadline: float) -> str:
+def _timed_out(socket_path: str | os.PathLike[str], deadline: float) -> str:
     return unreachable(
         socket_path,
         f"kubelet did not answer within {deadline:g} s",
@@ -224,8 +222,7 @@ def _timed_out(socket_path: Path, deadline: float) -> str:
     )
 
 
-@dataclass(frozen=True)
-class _Identity:
+class _Identity(NamedTuple):
     """Who we are asking about: our own pod if the downward API told us, else the VMI."""
 
     pod_name: str
@@ -283,7 +280,11 @@ def _find_pod(stub: Any, who: _Identity, deadline: float, warnings: list[str]) -
 
 
 def _ask_kubelet(
-    socket_path: Path, deadline: float, who: _Identity, patterns: Sequence[str], where: str
+    socket_path: str | os.PathLike[str],
+    deadline: float,
+    who: _Identity,
+    patterns: Sequence[str],
+    where: str,
 ) -> Lookup:
     import grpc
 

@@ -28,10 +28,9 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 
 import grpc
 
@@ -40,7 +39,7 @@ from hook_sidecar.errors import SetupFailed
 from hook_sidecar.vmi import MAX_VMI_BYTES
 
 if TYPE_CHECKING:
-    from hook_sidecar.hook import HookSettings
+    from hook_sidecar.hook import HookOutcome, HookSettings
 
 # The largest request: a domain at the configured cap, a VMI at the VMI reader's cap, and
 # the message's own framing (field tags and lengths, MutateDomain's small fields). A
@@ -83,7 +82,24 @@ PROBE_SECONDS = 1.0
 NR_OPEN_DEFAULT = 1024 * 1024  # the kernel's default fs.nr_open
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # What the first OnDefineDomain of a VMI that wants a VF imports (lxml with them).
-WARM_UP_MODULES = ("hook_sidecar.transform", "hook_sidecar.numa")
+WARM_UP_MODULES = ("hook_sidecar.transform",)
+# lxml keeps every element and attribute name a thread parses in a dictionary of that
+# thread for the thread's life (about 5 bytes of memory per byte of new names). The
+# threads that serve calls are replaced once the calls they ran were handed this many
+# bytes of domain XML between them. benchmarks/bench_limits.py, 15 calls of 20,000 new
+# names (450 KiB) each: the server's RSS grows 4.6-5.0 MiB in all, as with a new thread
+# per call (4.7); a 1 MiB budget keeps 8 MiB, no bound 30 MiB and more with every call.
+# Domains of 5-10 KiB share a thread for 25-50 calls; a new one costs ~0.2 ms, and
+# is started (and warmed up) when the old ones retire, not when a call needs it.
+THREAD_BYTES = 256 * 1024
+
+# How long a warm-up waits for Info's reply before it warms up a thread regardless.
+PRIME_WAIT_SECONDS = 2.0
+# What prime_thread transforms.
+PRIME_DOMAIN = b"<domain type='kvm'><name>warm-up</name><devices/></domain>"
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class SocketInUse(SetupFailed):
@@ -93,8 +109,8 @@ class SocketInUse(SetupFailed):
 class ServeConfig(NamedTuple):
     """Where and how to serve (a NamedTuple: a frozen dataclass costs 1-2 ms of every start)."""
 
-    hook_socket: Path | None
-    plugin_socket: Path | None
+    hook_socket: str | None
+    plugin_socket: str | None
     name: str = "qat"
     versions: tuple[str, ...] = callbacks.ALL_VERSIONS
     workers: int = 2
@@ -104,6 +120,8 @@ class ServeConfig(NamedTuple):
     warm_up: bool = True
     """Load WARM_UP_MODULES in the background once the sockets are ready (see warm_up)."""
     request_seconds: float = REQUEST_SECONDS
+    thread_bytes: int = THREAD_BYTES
+    """Domain XML bytes the serving threads are handed before they are replaced."""
 
 
 class _Listener:
@@ -113,19 +131,19 @@ class _Listener:
 
     __slots__ = ("handle", "path", "server")
 
-    def __init__(self, path: Path, server: grpc.Server, handle: int) -> None:
+    def __init__(self, path: str, server: grpc.Server, handle: int) -> None:
         self.path = path
         self.server = server
         self.handle = handle
 
     def owns_path(self) -> bool:
         try:
-            return os.path.samestat(os.fstat(self.handle), self.path.lstat())
+            return os.path.samestat(os.fstat(self.handle), os.lstat(self.path))
         except OSError:
             return False
 
 
-def _probe(path: Path) -> str | None:
+def _probe(path: str) -> str | None:
     """None when nobody listens on ``path`` (ECONNREFUSED); else why it must be left alone.
 
     Only a refused connect proves the socket is stale. A full accept backlog (EAGAIN),
@@ -135,7 +153,7 @@ def _probe(path: Path) -> str | None:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(PROBE_SECONDS)
     try:
-        probe.connect(str(path))
+        probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):  # refused, or already gone
         return None
     except TimeoutError:
@@ -150,9 +168,9 @@ def _probe(path: Path) -> str | None:
     return "a server is already listening on it"
 
 
-def _prepare_directory(directory: Path) -> None:
+def _prepare_directory(directory: str) -> None:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        os.makedirs(directory, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise SetupFailed(
             f"socket directory {directory} is not a directory (a file is in the way); "
@@ -170,19 +188,19 @@ def _prepare_directory(directory: Path) -> None:
         )
 
 
-def prepare_socket(path: Path) -> None:
+def prepare_socket(path: str) -> None:
     """Make ``path`` free to bind: create the directory, clear a stale socket, refuse a live one."""
     if (
         len(os.fsencode(path)) > MAX_SOCKET_PATH
-        or len(os.fsencode(path.parent)) > MAX_SOCKET_DIRECTORY
+        or len(os.fsencode(os.path.dirname(path))) > MAX_SOCKET_DIRECTORY
     ):
         raise SetupFailed(
             f"socket path {path} is too long: at most {MAX_SOCKET_PATH} bytes, in a "
             f"directory of at most {MAX_SOCKET_DIRECTORY} bytes; use a shorter path"
         )
-    _prepare_directory(path.parent)
+    _prepare_directory(os.path.dirname(path))
     try:
-        found = path.lstat()
+        found = os.lstat(path)
     except FileNotFoundError:
         return
     except OSError as err:
@@ -197,15 +215,15 @@ def prepare_socket(path: Path) -> None:
         )
     try:
         # Remove exactly the file probed: never a socket another server bound meanwhile.
-        if os.path.samestat(path.lstat(), found):
-            path.unlink()
+        if os.path.samestat(os.lstat(path), found):
+            os.unlink(path)
     except FileNotFoundError:
         return
     except OSError as err:
         raise SetupFailed(
             f"cannot remove stale socket {path}: {err.strerror}; remove it by hand"
         ) from None
-    logs.get().info("removed stale socket", extra={"socket": str(path)})
+    logs.get().info("removed stale socket", extra={"socket": path})
 
 
 def message_limit(domain_cap: int) -> int:
@@ -226,16 +244,16 @@ def _server_options(config: ServeConfig, receive_limit: int) -> list[tuple[str, 
     ]
 
 
-def _staging_directory(parent: Path) -> Path:
+def _staging_directory(parent: str) -> str:
     """A private 0700 directory beside the socket, as ``tempfile.mkdtemp`` would make.
 
     Written out because importing ``tempfile`` pulls a dozen modules (shutil, bz2,
     lzma, random...) into every sidecar for this one call: +0.4 MiB per VM.
     """
     for _ in range(16):
-        candidate = parent / f"{STAGING_PREFIX}{os.urandom(4).hex()}"
+        candidate = os.path.join(parent, f"{STAGING_PREFIX}{os.urandom(4).hex()}")
         try:
-            candidate.mkdir(mode=0o700)
+            os.mkdir(candidate, 0o700)
         except FileExistsError:
             continue
         return candidate
@@ -243,9 +261,9 @@ def _staging_directory(parent: Path) -> Path:
 
 
 def _bind(
-    path: Path,
+    path: str,
     add_services: Callable[[grpc.Server], None],
-    executor: ThreadPoolExecutor,
+    executor: Executor,
     options: list[tuple[str, Any]],
 ) -> _Listener:
     """Serve on ``path``: bound in a private staging directory, then linked into place.
@@ -258,16 +276,18 @@ def _bind(
     """
     prepare_socket(path)
     server = grpc.server(
-        executor,
+        executor,  # type: ignore[arg-type]  # grpc calls only submit; grpc-stubs name the class
         options=options,
         maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS,
     )
     add_services(server)
     try:
-        staging = _staging_directory(path.parent)
+        staging = _staging_directory(os.path.dirname(path))
     except OSError as err:
-        raise SetupFailed(f"cannot create a file in {path.parent}: {err.strerror}") from None
-    staged = staging / "s"
+        raise SetupFailed(
+            f"cannot create a file in {os.path.dirname(path)}: {err.strerror}"
+        ) from None
+    staged = os.path.join(staging, "s")
     try:
         try:
             bound = server.add_insecure_port(f"unix:{staged}")
@@ -303,9 +323,9 @@ def _bind(
         raise
     finally:
         with contextlib.suppress(OSError):
-            staged.unlink()
+            os.unlink(staged)
         with contextlib.suppress(OSError):
-            staging.rmdir()
+            os.rmdir(staging)
     return _Listener(path=path, server=server, handle=handle)
 
 
@@ -313,7 +333,7 @@ def _remove(listener: _Listener) -> None:
     """Remove our socket file, but never one a newer server has put in its place."""
     try:
         if listener.owns_path():
-            listener.path.unlink()
+            os.unlink(listener.path)
     except FileNotFoundError:
         pass
     finally:
@@ -334,8 +354,82 @@ def raise_open_files_limit() -> int:
     return soft
 
 
+class RecyclingExecutor(Executor):
+    """The threads every call runs on, replaced by fresh ones past a budget of domain XML.
+
+    grpc runs each call's handler, and so the hook, on a thread of this executor: no
+    hand-off to another thread (that costs ~0.08 ms a call). ``charge`` counts the
+    domain XML each call was handed; once the current threads were handed
+    ``budget`` bytes between them, new calls go to a new pool and the old one's
+    threads end as soon as their calls are done, taking lxml's names with them.
+    However many pools are finishing, at most ``max_workers`` calls run at once.
+    """
+
+    def __init__(self, max_workers: int, budget: int, name: str = "qat-hook") -> None:
+        self._max_workers = max_workers
+        self._budget = budget
+        self._name = name
+        self._lock = threading.Lock()
+        # Old threads finish their calls beside the new ones: together, no more run at
+        # once than one pool's threads (each may hold a request in memory).
+        self._slots = threading.BoundedSemaphore(max_workers)
+        self._pool = self._fresh()
+        self._spent = 0
+        self._shut = False
+        self._prime: Callable[[], object] | None = None
+
+    def _fresh(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix=self._name)
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        def in_slot() -> _T:
+            with self._slots:
+                return fn(*args, **kwargs)
+
+        with self._lock:
+            return self._pool.submit(in_slot)
+
+    def charge(self, size: int) -> None:
+        """Count ``size`` bytes of domain XML handed to a call; past the budget, new threads."""
+        with self._lock:
+            self._spent += size
+            if self._spent < self._budget or self._shut:
+                return
+            retired, self._pool, self._spent = self._pool, self._fresh(), 0
+            if self._prime is not None:
+                self._pool.submit(self._prime)
+        retired.shutdown(wait=False)  # its threads run what they hold, then end
+
+    def prime(self, fn: Callable[[], object]) -> Future[object]:
+        """Run ``fn`` on a thread now, and on a new thread each time the threads are renewed."""
+        with self._lock:
+            self._prime = fn
+            return self._pool.submit(fn)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shut = True
+            pool = self._pool
+        pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
+def _charged(hook: callbacks.Hook, executor: RecyclingExecutor) -> callbacks.Hook:
+    """``hook``, each call's domain XML counted against the threads' budget (lxml's names)."""
+
+    def charged(domain_xml: bytes, vmi_json: bytes, migration_target: bool) -> HookOutcome:
+        try:
+            return hook(domain_xml, vmi_json, migration_target)
+        finally:
+            executor.charge(len(domain_xml))
+
+    return charged
+
+
 class HookServer:
     """The running sidecar: one or two listeners sharing a small thread pool.
+
+    The pool is a ``RecyclingExecutor``: every call's domain XML counts against
+    ``config.thread_bytes``, past which the threads that ran them are replaced.
 
     ``hook`` replaces the real hook (``on_define_domain`` with ``settings`` and ``env``),
     so a test can hold a call open and release it.
@@ -353,16 +447,16 @@ class HookServer:
         self.stop_requested = threading.Event()
         self.stopping = threading.Event()
         """Set once the listeners were told to stop: new calls are refused, old ones drain."""
+        self._executor = RecyclingExecutor(config.workers + SPARE_THREADS, config.thread_bytes)
         self._runner = callbacks.HookRunner(
-            hook or callbacks.bound_hook(settings, dict(env)), config.workers
+            _charged(hook or callbacks.bound_hook(settings, dict(env)), self._executor),
+            config.workers,
         )
         self.receive_limit = message_limit(settings.transform.max_bytes)
         self._watch = unary.RequestWatch(config.request_seconds)
-        self._executor = ThreadPoolExecutor(
-            max_workers=config.workers + SPARE_THREADS, thread_name_prefix="qat-hook"
-        )
         self._listeners: list[_Listener] = []
         self._watcher: threading.Thread | None = None
+        self._info_answered = threading.Event()
 
     @property
     def calls_running(self) -> int:
@@ -374,11 +468,17 @@ class HookServer:
 
     def start(self) -> None:
         config, runner, watch = self.config, self._runner, self._watch
-        wanted: list[tuple[Path | None, Callable[[grpc.Server], None]]] = [
+        wanted: list[tuple[str | None, Callable[[grpc.Server], None]]] = [
             (
                 config.hook_socket,
                 lambda server: callbacks.add_hook_services(
-                    server, runner, config.name, config.versions, self.stop_requested.set, watch
+                    server,
+                    runner,
+                    config.name,
+                    config.versions,
+                    self.stop_requested.set,
+                    watch,
+                    self._info_answered,
                 ),
             ),
             (
@@ -398,14 +498,14 @@ class HookServer:
             target=self._watch_requests, name="qat-hook-watch", daemon=True
         )
         self._watcher.start()
-        where = ", ".join(str(listener.path) for listener in self._listeners)
+        where = ", ".join(listener.path for listener in self._listeners)
         logs.get().info(
             "ready: serving on %s",
             where,
             extra={
                 "version": __version__,
-                "socket": str(config.hook_socket) if config.hook_socket else None,
-                "plugin_socket": str(config.plugin_socket) if config.plugin_socket else None,
+                "socket": config.hook_socket,
+                "plugin_socket": config.plugin_socket,
                 "versions": list(config.versions) if config.hook_socket else [],
                 "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 "max_request_bytes": self.receive_limit,
@@ -418,7 +518,7 @@ class HookServer:
         while not self.stopping.wait(period):
             self._watch.sweep()
 
-    def missing_socket(self) -> Path | None:
+    def missing_socket(self) -> str | None:
         """A socket of ours that is gone from its path (its directory was removed, say)."""
         for listener in self._listeners:
             if not listener.owns_path():
@@ -449,20 +549,66 @@ class HookServer:
         self._executor.shutdown(wait=False, cancel_futures=True)
         return self._runner.running == 0
 
+    def warm_up(self) -> threading.Thread:
+        """``warm_up`` of the hook's modules, then of a thread of this server's.
 
-def warm_up(modules: Sequence[str] = WARM_UP_MODULES) -> threading.Thread:
+        Both wait until virt-launcher's Info has its reply (or PRIME_WAIT_SECONDS
+        passed, or there is no hook socket to ask Info on): the first OnDefineDomain
+        comes after Info, and Info never shares the CPU with the warm-up.
+        """
+
+        def until_info() -> None:
+            if self.config.hook_socket is not None:
+                self._info_answered.wait(PRIME_WAIT_SECONDS)
+
+        def prime() -> object:
+            if self.stopping.is_set():
+                return None
+            try:
+                primed = self._executor.prime(prime_thread)
+            except RuntimeError:  # stopped meanwhile: no new work is taken
+                return None
+            return primed.result()
+
+        return warm_up(WARM_UP_MODULES, prime, wait=until_info)
+
+
+def prime_thread() -> None:
+    """Run the transform once on a tiny domain: this thread's lxml set-up and first uses."""
+    from hook_sidecar.hostdevs import HostDevice
+    from hook_sidecar.pci import PciAddress
+    from hook_sidecar.transform import transform
+
+    started = time.perf_counter()
+    transform(PRIME_DOMAIN, [HostDevice(PciAddress.parse("0000:00:00.1"))])
+    logs.get().debug(
+        "warm-up: a serving thread is ready",
+        extra={"duration_ms": round((time.perf_counter() - started) * 1000, 3)},
+    )
+
+
+def warm_up(
+    modules: Sequence[str] = WARM_UP_MODULES,
+    prime: Callable[[], object] | None = None,
+    wait: Callable[[], object] | None = None,
+) -> threading.Thread:
     """Import ``modules`` in a daemon thread: what the first OnDefineDomain would import.
 
-    Started once the sockets are ready, so neither the socket nor Info waits for it, and
-    virt-launcher's first OnDefineDomain (after its 300 ms scan, Info, and building the
-    domain) finds lxml and the transform loaded. The sidecar runs only beside VMs that
+    Started once the sockets are ready, so the socket never waits for it; the thread
+    first runs ``wait`` (the server's waits for Info's reply), so that virt-launcher's
+    first OnDefineDomain (after its 300 ms scan, Info, and building the domain) finds
+    lxml and the transform loaded. The sidecar runs only beside VMs that
     want a VF, so they load on a first call anyway: this moves their cost, not adds it.
     A failed import is only logged; the call that needs the module imports it again and
     reports whatever fails then. Python's import locks make a call that needs a module
-    being warmed up wait for it rather than import it twice.
+    being warmed up wait for it rather than import it twice. ``prime`` then runs
+    (``HookServer.warm_up``: ``prime_thread`` on a thread of the server's): the first
+    call finds a thread started and the transform's first-time costs paid.
     """
 
     def load() -> None:
+        if wait is not None:
+            wait()
         started = time.perf_counter()
         for name in modules:
             try:
@@ -482,6 +628,16 @@ def warm_up(modules: Sequence[str] = WARM_UP_MODULES) -> threading.Thread:
             ", ".join(modules),
             extra={"duration_ms": round((time.perf_counter() - started) * 1000, 3)},
         )
+        if prime is None:
+            return
+        try:
+            prime()
+        except Exception as err:  # noqa: BLE001 - a warm-up never takes serving down
+            logs.get().warning(
+                "warm-up: a trial transform failed (%s: %s); calls go on regardless",
+                type(err).__name__,
+                err,
+            )
 
     thread = threading.Thread(target=load, name="qat-hook-warm-up", daemon=True)
     thread.start()
@@ -526,7 +682,7 @@ def run(
     try:
         server.start()
         if config.warm_up:
-            warm_up()
+            server.warm_up()
         # Waking twice a second lets the main thread notice a socket that vanished:
         # nobody can reach us any more, so say so and exit.
         while not server.stop_requested.wait(0.5):

@@ -10,19 +10,22 @@ command line wins over its variable.
 This module and ``cli`` are the only ones that know argparse: they turn the
 parsed arguments into the core's plain values (``DiscoveryConfig``,
 ``TransformOptions``, guest addresses), and the core never imports them.
+argparse itself is imported only where a parser is built: the shim's script
+reads the same table from the environment without it.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hook_sidecar import discovery, dra, podresources, sysfs
 from hook_sidecar.errors import InvalidInput
 from hook_sidecar.hostdevs import DEFAULT_MAX_BYTES, TransformOptions
 from hook_sidecar.pci import PciAddress, PciAddressError
+
+if TYPE_CHECKING:
+    import argparse
 
 DEFAULT_SOCKET_DIR = "/var/run/kubevirt-hooks"
 DEFAULT_SOCKET_NAME = "qat.sock"
@@ -121,21 +124,21 @@ DISCOVERY_OPTIONS = (
         "--dra-root",
         "QAT_HOOK_DRA_ROOT",
         "where DRA device metadata is mounted",
-        default=str(dra.DEFAULT_ROOT),
+        default=dra.DEFAULT_ROOT,
         metavar="DIR",
     ),
     Option(
         "--podresources-socket",
         "QAT_HOOK_PODRESOURCES_SOCKET",
         "kubelet's PodResources socket; consulted when it exists ('' to disable)",
-        default=str(podresources.DEFAULT_SOCKET),
+        default=podresources.DEFAULT_SOCKET,
         metavar="PATH",
     ),
     Option(
         "--sysfs-root",
         "QAT_HOOK_SYSFS_ROOT",
         "sysfs mount used to verify devices and read each VF's host NUMA node",
-        default=str(sysfs.DEFAULT_ROOT),
+        default=sysfs.DEFAULT_ROOT,
         metavar="DIR",
     ),
     Option(
@@ -330,31 +333,32 @@ def flag_value(raw: str, variable: str) -> bool:
     raise InvalidInput(f"{variable}={_shown(raw)} is not one of true, false (or 1, 0, yes, no)")
 
 
-class _Repeat(argparse.Action):
-    """A repeatable flag whose default is its variable's list.
-
-    The first flag replaces that list (a flag wins over its variable), later ones
-    add to it; a flag may also carry a comma list, like the variable.
-    """
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        current = getattr(namespace, self.dest, None)
-        items = [] if current is self.default or not isinstance(current, list) else current
-        setattr(namespace, self.dest, _values([*items, *values], option_string or ""))
-
-
 def add_options(
     parser: argparse.ArgumentParser,
     options: Sequence[Option],
     environ: Mapping[str, str],
 ) -> None:
     """Add ``options`` with their defaults taken from ``environ`` (the process's environment)."""
+    import argparse
+
+    class _Repeat(argparse.Action):
+        """A repeatable flag whose default is its variable's list.
+
+        The first flag replaces that list (a flag wins over its variable), later ones
+        add to it; a flag may also carry a comma list, like the variable.
+        """
+
+        def __call__(
+            self,
+            parser: argparse.ArgumentParser,
+            namespace: argparse.Namespace,
+            values: Any,
+            option_string: str | None = None,
+        ) -> None:
+            current = getattr(namespace, self.dest, None)
+            items = [] if current is self.default or not isinstance(current, list) else current
+            setattr(namespace, self.dest, _values([*items, *values], option_string or ""))
+
     for option in options:
         default = _env_default(option, environ)
         help_text = f"{option.help} [env {option.env}]"
@@ -402,12 +406,12 @@ def discovery_config(args: argparse.Namespace) -> discovery.DiscoveryConfig:
         devices_from=getattr(devices, "origin", "") or "--device",
         resource_patterns=tuple(args.resource_pattern)
         or discovery.DiscoveryConfig().resource_patterns,
-        dra_root=Path(args.dra_root),
-        sysfs_root=Path(args.sysfs_root),
+        dra_root=args.dra_root,
+        sysfs_root=args.sysfs_root,
         verify_sysfs=args.verify_sysfs,
         allow_vmi_devices=bool(args.allow_vmi_devices),
         on_missing=args.on_missing,
-        podresources_socket=Path(socket) if socket else None,
+        podresources_socket=socket or None,
     )
 
 

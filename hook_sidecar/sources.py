@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from types import MappingProxyType
+from typing import NamedTuple
 
 from hook_sidecar import boundedjson
 from hook_sidecar import vmi as vmis
@@ -23,27 +24,24 @@ DEVICES_ENV = "QAT_HOOK_DEVICES"
 LISTED_AT_MOST = 8
 
 
-@dataclass(frozen=True)
-class SourceInput:
+class SourceInput(NamedTuple):
     """What one callback gives every source."""
 
     vmi: vmis.Vmi
     env: Mapping[str, str]
 
 
-@dataclass(frozen=True)
-class Candidates:
+class Candidates(NamedTuple):
     """Devices one source yielded, in injection order, and exactly where they came from."""
 
     source: str
     detail: str
     devices: tuple[PciAddress, ...]
-    numa_nodes: Mapping[PciAddress, tuple[int, ...]] = field(default_factory=dict)
+    numa_nodes: Mapping[PciAddress, tuple[int, ...]] = MappingProxyType({})
     """Host NUMA nodes per device, when the source itself reports them (kubelet does)."""
 
 
-@dataclass(frozen=True)
-class Lookup:
+class Lookup(NamedTuple):
     """One source's answer: what it found (maybe nothing), where it looked, what went wrong."""
 
     where: str
@@ -54,8 +52,7 @@ class Lookup:
     first one is what the "nothing found" error tells the user to do first."""
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """A configured source.
 
     ``remote`` sources (a network call) are asked only while nothing has been
@@ -123,7 +120,7 @@ def override(
     return look
 
 
-_QAT_VAR_RE = re.compile(r"QAT([0-9]{1,6})")
+_QAT_VAR = r"QAT([0-9]{1,6})"
 _PREFIXES = ("PCI_RESOURCE_", "PCIDEVICE_")
 DEVICE_INFO_SUFFIX = "_INFO"
 """The SR-IOV device plugin sets ``PCIDEVICE_<RESOURCE>_INFO`` beside ``PCIDEVICE_<RESOURCE>``:
@@ -166,7 +163,7 @@ def environment(patterns: Sequence[str]) -> Callable[[SourceInput], Lookup]:
     def look(call: SourceInput) -> Lookup:
         env = call.env
         numbered = sorted(
-            (int(match[1]), name) for name in env if (match := _QAT_VAR_RE.fullmatch(name))
+            (int(match[1]), name) for name in env if (match := re.fullmatch(_QAT_VAR, name))
         )
         names = [name for _, name in numbered]
         for prefix in _PREFIXES:

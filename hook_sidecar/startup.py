@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 # exist: about 1 ms more. inspect (which dataclasses imports) imports tokenize, token
 # and linecache for reading source files, and the server reaches kubelet's socket (and
 # probes a stale socket of its own) only on a path that may never run: socket and
-# selectors.
+# selectors. grpc's Cython core imports inspect (with ast, dis...) and never reads it in
+# a sync server: lxml, which does, loads it with the first transform or the warm-up.
 DEFERRED = (
     "asyncio",
     "grpc.aio",
@@ -66,6 +67,7 @@ DEFERRED = (
     "linecache",
     "socket",
     "selectors",
+    "inspect",
 )
 EAGER_ENV = "QAT_HOOK_EAGER_IMPORTS"
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from hook_sidecar.libvirt_values import Budget, cpuset, number
 from hook_sidecar.pci import PciAddress
 
-DEFAULT_ROOT = Path("/sys")
+DEFAULT_ROOT = "/sys"
 INTEL_VENDOR_ID = 0x8086
 
 # Intel QAT virtual-function device ids, as Intel's QAT device plugin lists them
@@ -36,15 +35,16 @@ QAT_VF_DEVICE_IDS = frozenset(
     }
 )
 
-_HEX_ID = re.compile(r"0x[0-9a-fA-F]{1,4}")
-_NODE = re.compile(r"-?[0-9]{1,4}")
+# Patterns, compiled by re on first use: a sidecar serving a VMI without a VF never reads sysfs.
+_HEX_ID = r"0x[0-9a-fA-F]{1,4}"
+_NODE = r"-?[0-9]{1,4}"
 
 
-def device_dir(address: PciAddress, root: Path) -> Path:
-    return root / "bus" / "pci" / "devices" / str(address)
+def device_dir(address: PciAddress, root: str | os.PathLike[str]) -> str:
+    return os.path.join(root, "bus", "pci", "devices", str(address))
 
 
-def _read_small(path: Path | str) -> str | None:
+def _read_small(path: str) -> str | None:
     """A sysfs attribute is one short line: its first 64 bytes, or None when unreadable."""
     try:
         with open(path, "rb") as stream:
@@ -53,24 +53,24 @@ def _read_small(path: Path | str) -> str | None:
         return None
 
 
-def _hex_id(path: Path) -> int | None:
+def _hex_id(path: str) -> int | None:
     text = _read_small(path)
-    return int(text, 16) if text is not None and _HEX_ID.fullmatch(text) else None
+    return int(text, 16) if text is not None and re.fullmatch(_HEX_ID, text) else None
 
 
-def problems(address: PciAddress, root: Path) -> list[str]:
+def problems(address: PciAddress, root: str | os.PathLike[str]) -> list[str]:
     """Why ``address`` does not look like a QAT VF bound to vfio-pci, if it does not."""
     device = device_dir(address, root)
-    if not device.exists():
-        return [f"{address} does not exist under {device.parent}"]
+    if not os.path.exists(device):
+        return [f"{address} does not exist under {os.path.dirname(device)}"]
     found = []
-    vendor = _hex_id(device / "vendor")
-    device_id = _hex_id(device / "device")
+    vendor = _hex_id(os.path.join(device, "vendor"))
+    device_id = _hex_id(os.path.join(device, "device"))
     if vendor != INTEL_VENDOR_ID or device_id not in QAT_VF_DEVICE_IDS:
         shown = f"{vendor or 0:04x}:{device_id or 0:04x}"
         found.append(f"{address} is PCI device {shown}, not a known Intel QAT VF")
     try:
-        driver = os.path.basename(os.readlink(device / "driver"))
+        driver = os.path.basename(os.readlink(os.path.join(device, "driver")))
     except OSError:
         driver = "no driver"
     if driver != "vfio-pci":
@@ -81,14 +81,13 @@ def problems(address: PciAddress, root: Path) -> list[str]:
     return found
 
 
-def numa_node(address: PciAddress, root: Path) -> tuple[int | None, str]:
+def numa_node(address: PciAddress, root: str | os.PathLike[str]) -> tuple[int | None, str]:
     """The VF's host NUMA node from ``numa_node`` (-1: none), and words saying where from."""
-    # A plain string join: this runs on every call that injects, pathlib's is slower.
-    path = f"{root}/bus/pci/devices/{address}/numa_node"
+    path = os.path.join(device_dir(address, root), "numa_node")
     text = _read_small(path)
     if text is None:
         return None, f"no {path}"
-    if not _NODE.fullmatch(text):
+    if not re.fullmatch(_NODE, text):
         return None, f"{path} holds {text!r}"
     node = int(text)
     if node < 0:
@@ -100,14 +99,14 @@ MAX_NODES = 1024
 """NUMA node numbers read: below this, more than any host has."""
 
 
-def host_cpu_nodes(root: Path) -> dict[int, int]:
+def host_cpu_nodes(root: str | os.PathLike[str]) -> dict[int, int]:
     """This host's CPU -> NUMA node map, from ``devices/system/node/node*/cpulist``.
 
     Guest NUMA placement needs it when a domain maps its cells to host nodes
     only through vCPU pinning. Empty when sysfs shows no nodes. Bounded: at
     ``MAX_NODES`` nodes, 64 KiB per file, and one cpuset budget.
     """
-    base = root / "devices" / "system" / "node"
+    base = os.path.join(root, "devices", "system", "node")
     cpus: dict[int, int] = {}
     budget = Budget()
     try:
@@ -119,7 +118,7 @@ def host_cpu_nodes(root: Path) -> dict[int, int]:
         if node is None or node >= MAX_NODES:
             continue
         try:
-            with open(base / name / "cpulist", "rb") as handle:
+            with open(os.path.join(base, name, "cpulist"), "rb") as handle:
                 text = handle.read(65536).decode("ascii", "replace")
         except OSError:
             continue

@@ -7,22 +7,18 @@ UTF-8; ``normalized`` writes the input the same way, so a diff of the two
 shows exactly the added lines. As a last guard the written bytes are read
 again and must hold every added device exactly once.
 
-Each call runs in a thread of its own: lxml keeps every element and
-attribute name it meets in a dictionary per thread for the thread's life, so
-a long-lived server thread would otherwise keep the names of every domain it
-ever read.
+lxml keeps every element and attribute name it parses in a dictionary of the
+calling thread for the thread's life: a long-lived caller bounds that itself
+(the server runs the hook on threads it replaces, ``callbacks``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from lxml import etree
 
-from hook_sidecar import domain_xml, numa
+from hook_sidecar import domain_xml
 from hook_sidecar.domain_xml import (
     DomainXmlError,
     NotADomain,
@@ -33,7 +29,15 @@ from hook_sidecar.domain_xml import (
     child,
 )
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
-from hook_sidecar.hostdevs import AddedDevice, HostDevice, TransformOptions, TransformResult
+from hook_sidecar.hostdevs import (
+    AddedDevice,
+    ExpanderBus,
+    HostDevice,
+    Placement,
+    RootPort,
+    TransformOptions,
+    TransformResult,
+)
 from hook_sidecar.pci import PciAddress, PciAddressError
 
 __all__ = [
@@ -49,8 +53,6 @@ __all__ = [
     "normalized",
     "transform",
 ]
-
-_T = TypeVar("_T")
 
 
 class OutputCheckFailed(DomainXmlError):
@@ -68,15 +70,15 @@ class DuplicateDevice(InvalidInput):
 # --- reading the existing domain, as libvirt reads it ----------------------------------
 
 
-@dataclasses.dataclass
 class _Facts:
     """What the transform reads of ``./devices/*``: sources, aliases, guest addresses."""
 
-    devices: etree._Element | None = None  # the first <devices>
-    present: set[PciAddress] = dataclasses.field(default_factory=set)
-    aliases: set[str] = dataclasses.field(default_factory=set)
-    guest: list[tuple[etree._Element, etree._Element]] = dataclasses.field(default_factory=list)
-    """Each device with a guest ``<address type="pci">``, and that address."""
+    def __init__(self) -> None:
+        self.devices: etree._Element | None = None  # the first <devices>
+        self.present: set[PciAddress] = set()
+        self.aliases: set[str] = set()
+        self.guest: list[tuple[etree._Element, etree._Element]] = []
+        """Each device with a guest ``<address type="pci">``, and that address."""
 
 
 def _address_of(element: etree._Element, what: str) -> PciAddress:
@@ -208,11 +210,11 @@ def _hostdev(device: AddedDevice, managed: str) -> etree._Element:
     return hostdev
 
 
-def _controller(new: numa.ExpanderBus | numa.RootPort) -> etree._Element:
+def _controller(new: ExpanderBus | RootPort) -> etree._Element:
     """The ``<controller>`` for one of placement's new expander buses or root ports."""
-    model = "pcie-expander-bus" if isinstance(new, numa.ExpanderBus) else "pcie-root-port"
+    model = "pcie-expander-bus" if isinstance(new, ExpanderBus) else "pcie-root-port"
     element = _element(None, "controller", {"type": "pci", "index": str(new.index), "model": model})
-    if isinstance(new, numa.ExpanderBus):
+    if isinstance(new, ExpanderBus):
         _element(element, "model", {"name": "pxb-pcie"})
         _element(_element(element, "target", {"busNr": str(new.bus_nr)}), "node").text = str(
             new.cell
@@ -269,26 +271,6 @@ def check_output(xml: bytes, added: Sequence[AddedDevice]) -> None:
 _DEFAULT_OPTIONS = TransformOptions()
 
 
-def _in_own_thread(function: Callable[[], _T]) -> _T:
-    """Run ``function`` in a new thread and return (or raise) what it did."""
-    outcome: list[tuple[bool, object]] = []
-
-    def run() -> None:
-        try:
-            outcome.append((True, function()))
-        except BaseException as err:  # noqa: BLE001 - handed to the caller below
-            outcome.append((False, err))
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    ok, value = outcome[0]
-    if not ok:
-        assert isinstance(value, BaseException)
-        raise value
-    return value  # type: ignore[return-value]
-
-
 def normalized(domain_xml_bytes: bytes, options: TransformOptions | None = None) -> bytes:
     """``domain_xml_bytes`` parsed and written exactly as ``transform`` writes its output.
 
@@ -315,7 +297,7 @@ def transform(
     """
     chosen = options or _DEFAULT_OPTIONS
     _check_request(devices, chosen)
-    return _in_own_thread(lambda: _transform(domain_xml_bytes, devices, chosen, host_cpus or {}))
+    return _transform(domain_xml_bytes, devices, chosen, host_cpus or {})
 
 
 def _transform(
@@ -328,6 +310,26 @@ def _transform(
     if added:
         check_output(xml, added)  # the edited tree is freed by now: the guard reuses its memory
     return TransformResult(xml=xml, added=added, already_present=already, warnings=warnings)
+
+
+def _placement(
+    root: etree._Element,
+    wanted: Sequence[HostDevice],
+    options: TransformOptions,
+    host_cpus: Mapping[int, int],
+) -> Placement:
+    """``numa.place``; loaded only for a domain with a ``<cpu><numa><cell>`` at all.
+
+    Most domains have no guest NUMA cells, and the shim's script starts anew for
+    every call: ``numa`` (with ``pci_topology``) is not imported for them.
+    """
+    numas = (n for cpu in root.iterchildren("cpu") for n in cpu.iterchildren("numa"))
+    cells = (cell for n in numas for cell in n.iterchildren("cell"))
+    if options.numa_placement == "off" or next(cells, None) is None:
+        return Placement()
+    from hook_sidecar import numa
+
+    return numa.place(root, wanted, options.numa_placement, host_cpus)
 
 
 def _edit(
@@ -345,10 +347,10 @@ def _edit(
     if not wanted:
         return data, (), already, ()
 
-    placement = numa.place(root, wanted, options.numa_placement, host_cpus)
+    placement = _placement(root, wanted, options, host_cpus)
     if placement.guest_addresses:
         wanted = [
-            dataclasses.replace(device, guest_address=placement.guest_addresses[device.address])
+            device._replace(guest_address=placement.guest_addresses[device.address])
             if device.address in placement.guest_addresses
             else device
             for device in wanted

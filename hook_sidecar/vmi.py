@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, NamedTuple
 
 from hook_sidecar import boundedjson
 from hook_sidecar.errors import InvalidInput
@@ -201,14 +200,14 @@ def resource_matches(resource: str, patterns: Sequence[str]) -> bool:
 
 # Extended resources are whole numbers. ASCII digits only: ``\d`` and int() also take
 # other scripts' digits, which Kubernetes never writes. 18 digits stay inside int64.
-_QUANTITY_RE = re.compile(r"[0-9]{1,18}")
+_QUANTITY = r"[0-9]{1,18}"  # compiled by re on first use
 
 
 def _quantity(path: FieldPath, value: Any) -> int:
     """A device count, from a JSON number or a quantity string."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18:
         return value
-    if isinstance(value, str) and _QUANTITY_RE.fullmatch(text := value.strip(" ")):
+    if isinstance(value, str) and re.fullmatch(_QUANTITY, text := value.strip(" ")):
         return int(text)
     shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
     raise InvalidInput(
@@ -217,8 +216,7 @@ def _quantity(path: FieldPath, value: Any) -> int:
     )
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """Whether the VMI wants a VF, how many, and the words that say why."""
 
     wanted: bool

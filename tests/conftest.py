@@ -270,8 +270,8 @@ def running_server(
     """A started ``HookServer`` on ``tmp_path/h.sock`` (and ``p.sock``), stopped afterwards."""
     server = HookServer(
         ServeConfig(
-            hook_socket=tmp_path / "h.sock",
-            plugin_socket=tmp_path / "p.sock" if plugin else None,
+            hook_socket=str(tmp_path / "h.sock"),
+            plugin_socket=str(tmp_path / "p.sock") if plugin else None,
             **config,
         ),
         settings,

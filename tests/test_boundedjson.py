@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from hook_sidecar import boundedjson
 from hook_sidecar.boundedjson import MAX_VALUES, JsonLimitError, NotJson, field_path
+from tests.conftest import EXAMPLES
 from tests.test_vmi import nested
 
 
@@ -150,3 +151,57 @@ def test_any_text_reads_as_the_standard_library_or_is_refused(text: str) -> None
         assert boundedjson.loads(text, "VMI") == expected
     except JsonLimitError as err:  # only the bounds the standard library does not have
         assert "NaN" in str(err) or "Infinity" in str(err) or "float's range" in str(err)
+
+
+def outcome(read: Any, raw: Any, max_depth: int, max_values: int) -> tuple[Any, ...]:
+    """What a reader makes of ``raw``: the value as JSON text (types kept), or the refusal."""
+    try:
+        return ("value", json.dumps(read(raw, "VMI", max_depth, max_values)))
+    except NotJson as err:
+        return ("NotJson", str(err), err.at_start)
+    except JsonLimitError as err:
+        return (type(err).__name__, str(err))
+
+
+JSONISH = st.text(alphabet='[]{}",:0123456789.eE+-truefalsnNIity \\u\n\t\ufeff\u0661', max_size=40)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    JSONISH | JSON_VALUES.map(json.dumps) | JSON_VALUES.map(lambda v: json.dumps(v, indent=1)),
+    st.integers(0, 6),
+    st.integers(1, 40),
+    st.sampled_from([None, "utf-8", "utf-16", "utf-32-be"]),
+)
+def test_loads_gives_the_counting_readers_result_or_refusal_for_any_input(
+    text: str, max_depth: int, max_values: int, encoding: str | None
+) -> None:
+    raw: Any = text.encode(encoding, "surrogatepass") if encoding else text
+    assert outcome(boundedjson.loads, raw, max_depth, max_values) == outcome(
+        boundedjson.counting_loads, raw, max_depth, max_values
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        (EXAMPLES / "vmi.json").read_bytes(),
+        json.dumps({"spec": {"x": nested(64)}}).encode(),
+        json.dumps({"spec": {"x": nested(65)}}).encode(),
+        b"[" + b"0," * (MAX_VALUES - 2) + b"0]",
+        b"[" + b"0," * (MAX_VALUES - 1) + b"0]",
+        b"[" + b"{}," * MAX_VALUES + b" this is not JSON",
+        b"[" + b"1" * 41 + b"]",
+        b"[" + b"1" * 40 + b", 1e400]",
+        b'{"a": [1, NaN]}',
+        b'{"a": [1, 1\xd9\xa1]}',
+        b"[" * 100_000,
+        b"\xef\xbb\xbf\xef\xbb\xbf{}",
+        b"\xff\xfe{\x00}\x00",
+        json.dumps({f"k{i}": [[]] for i in range(200)}).encode(),
+    ],
+)
+def test_loads_and_the_counting_reader_agree_at_the_bounds(raw: bytes) -> None:
+    assert outcome(boundedjson.loads, raw, 64, MAX_VALUES) == outcome(
+        boundedjson.counting_loads, raw, 64, MAX_VALUES
+    )

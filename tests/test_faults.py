@@ -164,7 +164,7 @@ HELD_SERVER = textwrap.dedent(
 
     logs.setup("json", capture_stderr=True)
     config = server.ServeConfig(
-        hook_socket=sockets / "qat.sock", plugin_socket=sockets / "plugin.sock"
+        hook_socket=str(sockets / "qat.sock"), plugin_socket=str(sockets / "plugin.sock")
     )
     sys.exit(server.run(config, settings, {}, hook=held))
     """

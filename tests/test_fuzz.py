@@ -84,7 +84,7 @@ def mutated(draw: st.DrawFn, base: bytes) -> bytes:
 def socket_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("fuzz") / "qat.sock"
     server = HookServer(
-        ServeConfig(hook_socket=path, plugin_socket=None), SETTINGS, {"QAT0": "0000:3d:02.2"}
+        ServeConfig(hook_socket=str(path), plugin_socket=None), SETTINGS, {"QAT0": "0000:3d:02.2"}
     )
     server.start()
     yield path

@@ -19,9 +19,9 @@ from hook_sidecar import sysfs
 from hook_sidecar.discovery import DiscoveryConfig
 from hook_sidecar.errors import PreconditionFailed
 from hook_sidecar.hook import HookSettings, on_define_domain
-from hook_sidecar.hostdevs import HostDevice, TransformOptions
+from hook_sidecar.hostdevs import ExpanderBus, HostDevice, Placement, RootPort, TransformOptions
 from hook_sidecar.libvirt_values import MAX_EXPANDED, MAX_NODES, Budget, cpuset, number
-from hook_sidecar.numa import ExpanderBus, Placement, PlacementFailed, RootPort, place
+from hook_sidecar.numa import PlacementFailed, place
 from hook_sidecar.pci import PciAddress
 from hook_sidecar.transform import normalized, transform
 from tests.support.libvirt_shapes import Shape, fixture

@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -415,9 +414,8 @@ def test_discovery_warnings_reach_the_log_with_the_vmi_name(
     tmp_path: Path, domain_xml: bytes, vmi_json: bytes, hook_log: list[logging.LogRecord]
 ) -> None:
     # sysfs checks in "warn" mode against an empty sysfs: the VF is injected, with a warning.
-    settings = replace(
-        SETTINGS,
-        discovery=replace(SETTINGS.discovery, verify_sysfs="warn", sysfs_root=tmp_path / "sys"),
+    settings = SETTINGS._replace(
+        discovery=SETTINGS.discovery._replace(verify_sysfs="warn", sysfs_root=tmp_path / "sys"),
     )
     with running_server(tmp_path, settings=settings):
         assert define(tmp_path / "h.sock", domain_xml, vmi_json) == expected()
@@ -437,6 +435,47 @@ def test_concurrent_clients(server: ServerProcess, domain_xml: bytes, vmi_json: 
     with ThreadPoolExecutor(max_workers=32) as pool:
         outputs = set().union(*pool.map(client, range(32)))
     assert outputs == {expected()}
+
+
+def test_the_threads_that_ran_calls_end_once_handed_their_budget_of_domain_xml(
+    tmp_path: Path, domain_xml: bytes, vmi_json: bytes
+) -> None:
+    """lxml keeps the names a thread parsed for the thread's life: the threads are renewed."""
+    real = callbacks.bound_hook(SETTINGS, {"QAT0": VF})
+    threads: list[threading.Thread] = []
+
+    def hook(domain: bytes, vmi: bytes, migration_target: bool) -> HookOutcome:
+        threads.append(threading.current_thread())
+        return real(domain, vmi, migration_target)
+
+    budget = 3 * len(domain_xml)
+    with running_server(tmp_path, hook=hook, thread_bytes=budget):
+        # Each call uses new element and attribute names, as a hostile client would.
+        for call in range(7):
+            domain = domain_xml.replace(b"</devices>", f'<x{call} y{call}="1"/></devices>'.encode())
+            assert b"ua-qat-0" in define(tmp_path / "h.sock", domain, vmi_json)
+    first, second, third = threads[0:3], threads[3:6], threads[6:]
+    assert len({id(t) for t in first}) == 1  # below the budget, calls share a thread
+    assert len({id(t) for t in second}) == 1
+    assert first[0] is not second[0] and second[0] is not third[0]
+    for retired in (first[0], second[0]):
+        retired.join(10)
+        assert not retired.is_alive()
+
+
+def test_calls_with_many_new_names_are_served_on_renewed_threads(
+    tmp_path: Path, vmi_json: bytes
+) -> None:
+    """``qat-hook serve``: domains near the cap, each of new names, answered across renewals."""
+    proc = start_server(tmp_path, QAT0=VF)
+    try:
+        for call in range(5):
+            names = "".join(f'<n{call}x{k} a{call}x{k}="1"/>' for k in range(9000))
+            domain = f"<domain><name>vm</name><devices>{names}</devices></domain>".encode()
+            assert DEFAULT_MAX_BYTES // 2 < len(domain) < DEFAULT_MAX_BYTES
+            assert define(proc.socket, domain, vmi_json).count(b"<hostdev") == 1
+    finally:
+        assert proc.stop() == 0
 
 
 # --- lifecycle ----------------------------------------------------------------------------------
@@ -535,7 +574,7 @@ def test_busy_socket_is_left_alone(tmp_path: Path) -> None:
             except BlockingIOError:
                 break
         with pytest.raises(SocketInUse, match=r"backlog is full \(EAGAIN\); left alone"):
-            prepare_socket(path)
+            prepare_socket(str(path))
         assert path.exists()
         live.accept()[0].close()  # the server is still reachable at its path
     finally:
@@ -753,6 +792,49 @@ def test_a_failed_warm_up_is_a_warning_and_serving_goes_on(
     sys.modules.pop(broken, None)
 
 
+def test_the_warm_up_readies_a_thread_before_the_first_call(
+    tmp_path: Path, hook_log: list[logging.LogRecord], domain_xml: bytes, vmi_json: bytes
+) -> None:
+    """After Info, a trial transform runs on a server thread: the first call starts none."""
+    real = callbacks.bound_hook(SETTINGS, {"QAT0": VF})
+    ran_on: list[threading.Thread] = []
+
+    def hook(domain: bytes, vmi: bytes, migration_target: bool) -> HookOutcome:
+        ran_on.append(threading.current_thread())
+        return real(domain, vmi, migration_target)
+
+    with running_server(tmp_path, hook=hook) as server:
+        warming = server.warm_up()
+        assert info(tmp_path / "h.sock").name == "qat"
+        warming.join(30)
+        assert not warming.is_alive()
+        ready = [r for r in hook_log if r.getMessage() == "warm-up: a serving thread is ready"]
+        assert len(ready) == 1
+        started = threading.enumerate()
+        assert any(thread.ident == ready[0].thread for thread in started)
+        assert b"ua-qat-0" in define(tmp_path / "h.sock", domain_xml, vmi_json)
+    assert len(ran_on) == 1 and ran_on[0] in started
+
+
+def test_the_warm_up_waits_for_infos_reply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """virt-launcher's Info never shares the CPU with the warm-up's imports."""
+    name = f"warm_after_info_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(server_module, "WARM_UP_MODULES", (name,))
+    monkeypatch.setattr(server_module, "PRIME_WAIT_SECONDS", 60.0)
+    try:
+        with running_server(tmp_path) as server:
+            warming = server.warm_up()
+            warming.join(0.3)  # without the wait it imports one tiny module and ends
+            assert warming.is_alive() and name not in sys.modules
+            assert info(tmp_path / "h.sock").name == "qat"
+            warming.join(30)
+            assert not warming.is_alive() and name in sys.modules
+    finally:
+        sys.modules.pop(name, None)
+
+
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
@@ -773,18 +855,18 @@ def test_run_starts_the_warm_up_only_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     started: list[bool] = []
-    monkeypatch.setattr(server_module, "warm_up", lambda: started.append(True))
+    monkeypatch.setattr(server_module, "warm_up", lambda *_, **__: started.append(True))
     real_start = server_module.HookServer.start
 
     def start_then_lose_the_socket(self: server_module.HookServer) -> None:
         real_start(self)
         assert self.config.hook_socket is not None
-        self.config.hook_socket.unlink()  # run() notices, stops and returns 1
+        os.unlink(self.config.hook_socket)  # run() notices, stops and returns 1
 
     monkeypatch.setattr(server_module.HookServer, "start", start_then_lose_the_socket)
     for warm in (False, True):
         config = server_module.ServeConfig(
-            hook_socket=tmp_path / f"{warm}.sock", plugin_socket=None, warm_up=warm
+            hook_socket=str(tmp_path / f"{warm}.sock"), plugin_socket=None, warm_up=warm
         )
         status = server_module.run(
             config, SETTINGS, {}, install_signals=False, exit_when_stuck=False

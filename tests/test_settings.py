@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -148,7 +147,7 @@ def test_discovery_config_from_variables_only() -> None:
     assert config.devices == (PciAddress.parse(A), PciAddress.parse(B))
     assert config.resource_patterns == ("intel.com/qat",)
     assert config.podresources_socket is None
-    assert config.sysfs_root == Path("/srv/sys")
+    assert config.sysfs_root == "/srv/sys"
 
 
 def test_podresources_socket_is_a_configured_source() -> None:
@@ -156,7 +155,7 @@ def test_podresources_socket_is_a_configured_source() -> None:
 
     args = parse("serve", "--podresources-socket", "/run/kubelet.sock")
     config = settings.discovery_config(args)
-    assert config.podresources_socket == Path("/run/kubelet.sock")
+    assert config.podresources_socket == "/run/kubelet.sock"
     names = [(s.name, s.remote) for s in discovery.configured_sources(config)]
     assert names == [
         ("override", False),
@@ -193,10 +192,10 @@ def test_serve_config_from_arguments() -> None:
     config = cli.serve_config(
         parse("serve", "--socket-dir", "/x", "--version", "v1alpha2", QAT_HOOK_WORKERS="3")
     )
-    assert (config.hook_socket, config.plugin_socket) == (Path("/x/qat.sock"), None)
+    assert (config.hook_socket, config.plugin_socket) == ("/x/qat.sock", None)
     assert (config.versions, config.workers) == (("v1alpha2",), 3)
     plugin_only = cli.serve_config(parse("serve", "--plugin-socket", "/p/qat.sock"))
-    assert (plugin_only.hook_socket, plugin_only.plugin_socket) == (None, Path("/p/qat.sock"))
+    assert (plugin_only.hook_socket, plugin_only.plugin_socket) == (None, "/p/qat.sock")
     with pytest.raises(InvalidInput, match="--workers must be between 1 and 16"):
         parse("serve", "--workers", "0")
 
