@@ -43,15 +43,17 @@ if TYPE_CHECKING:
 # protobuf's descriptor_pool imports its pure-Python message implementation (with
 # text_format, the codecs and the well-known types) even when the C (upb) one runs.
 # traceback is needed only to format an exception, difflib only for `transform --diff`.
-# urllib.parse (which pathlib imports) imports ipaddress only to check a bracketed IPv6
+# urllib.parse (which pathlib and http import) imports ipaddress only to check a bracketed IPv6
 # host in urlsplit, and protobuf's well_known_types imports calendar only to convert
 # Timestamps: about 0.3 MiB and 1 ms of start-up that serving never uses. shutil
 # (which argparse's help formatter imports) imports bz2 and lzma only to note that they
-# exist: about 1 ms more. inspect (which dataclasses imports) imports tokenize, token
+# exist: about 1 ms more. inspect (which lxml imports) imports tokenize, token
 # and linecache for reading source files, and the server reaches kubelet's socket (and
 # probes a stale socket of its own) only on a path that may never run: socket and
 # selectors. grpc's Cython core imports inspect (with ast, dis...) and never reads it in
 # a sync server: lxml, which does, loads it with the first transform or the warm-up.
+# It also imports pkgutil (with importlib.util), which it uses only to read its bundled
+# root certificates for TLS: the sidecar serves and calls over unix sockets without TLS.
 DEFERRED = (
     "asyncio",
     "grpc.aio",
@@ -68,6 +70,7 @@ DEFERRED = (
     "socket",
     "selectors",
     "inspect",
+    "pkgutil",
 )
 EAGER_ENV = "QAT_HOOK_EAGER_IMPORTS"
 
