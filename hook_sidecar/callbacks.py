@@ -20,7 +20,6 @@ import grpc
 from hook_sidecar import logs, unary
 from hook_sidecar._generated import (
     info_pb2,
-    plugins_v1alpha1_pb2,
     v1alpha1_pb2,
     v1alpha2_pb2,
     v1alpha3_pb2,
@@ -212,10 +211,16 @@ class CallbacksV1alpha3(_CallbacksBase):
 
 
 class DomainHookServicer:
-    """KubeVirt's structured-plugin API, on its own socket."""
+    """KubeVirt's structured-plugin API, on its own socket.
+
+    Its messages are imported with it: a sidecar serving only the hook API never loads them.
+    """
 
     def __init__(self, runner: HookRunner) -> None:
+        from hook_sidecar._generated import plugins_v1alpha1_pb2
+
         self._runner = runner
+        self._messages = plugins_v1alpha1_pb2
 
     def MutateDomain(self, request: Any, context: grpc.ServicerContext) -> Any:
         context_name = request.sidecar_context.invocation_context
@@ -241,7 +246,7 @@ class DomainHookServicer:
             migration_target=context_name == MIGRATION_TARGET,
             invocation=invocation,
         )
-        return plugins_v1alpha1_pb2.MutateDomainResponse(domain=xml)
+        return self._messages.MutateDomainResponse(domain=xml)
 
 
 def _callbacks_methods(servicer: _CallbacksBase) -> dict[str, unary.Method]:
@@ -301,14 +306,13 @@ def add_hook_services(
 def add_plugin_services(server: grpc.Server, runner: HookRunner, watch: unary.RequestWatch) -> None:
     """KubeVirt's structured-plugin DomainHookService."""
     servicer = DomainHookServicer(runner)
+    messages = servicer._messages
     unary.add_service(
         server,
         "kubevirt.hooks.plugins.v1alpha1.DomainHookService",
         {
             "MutateDomain": unary.Method(
-                servicer.MutateDomain,
-                plugins_v1alpha1_pb2.MutateDomainRequest,
-                plugins_v1alpha1_pb2.MutateDomainResponse,
+                servicer.MutateDomain, messages.MutateDomainRequest, messages.MutateDomainResponse
             )
         },
         watch,

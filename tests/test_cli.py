@@ -7,10 +7,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hook_sidecar import validate
+from hook_sidecar import cli, validate
 from hook_sidecar.hostdevs import DEFAULT_MAX_BYTES
 from tests.ci import skip_or_fail
 from tests.conftest import EXAMPLES, ROOT, clean_env, run_cli
@@ -53,6 +54,49 @@ def test_serve_help_names_the_hook_api_version_and_its_shim_spelling() -> None:
     assert "qat-hook --version prints the program's" in text
     top = " ".join(run_cli("--help").stdout.decode().split())
     assert "qat-hook serve --version is the hook API's" in top
+
+
+ONE_COMMAND_ARGV = {
+    "transform": ["transform", "domain.xml", "--diff", "--device", "3d:02.3", "-o", "x.xml"],
+    "discover": ["discover", "--vmi", "vmi.json", "--format", "json"],
+    "serve": ["serve", "--socket-dir", "/x", "--warm-up", "off", "--device", "3d:02.3"],
+}
+
+
+@pytest.mark.parametrize("command", cli.COMMANDS)
+def test_the_one_command_parser_parses_and_helps_as_the_whole_one(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {"QAT_HOOK_DEVICES": "3d:02.2", "QAT_HOOK_WORKERS": "3", "QAT_HOOK_MANAGED": "yes"}
+    argv = ONE_COMMAND_ARGV[command]
+    whole = cli.build_parser(env).parse_args(argv)
+    one = cli.build_parser(env, command=command).parse_args(argv)
+    assert vars(one) == vars(whole)
+    helps = []
+    for parser in (cli.build_parser(env), cli.build_parser(env, command=command)):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        helps.append(capsys.readouterr().out)
+    assert helps[0] == helps[1] and "--device" in helps[0]
+
+
+def test_main_builds_only_the_options_of_the_command_it_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+    for name, (add_options, epilog) in list(cli._OPTIONS.items()):
+
+        def recording(parser: Any, env: Any, name: str = name, add: Any = add_options) -> None:
+            built.append(name)
+            add(parser, env)
+
+        monkeypatch.setitem(cli._OPTIONS, name, (recording, epilog))
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    assert built == ["serve"]
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert built == ["serve", *cli.COMMANDS]
 
 
 def test_help_shows_examples() -> None:
