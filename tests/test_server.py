@@ -437,17 +437,23 @@ def test_concurrent_clients(server: ServerProcess, domain_xml: bytes, vmi_json: 
     assert outputs == {expected()}
 
 
-def test_the_threads_that_ran_calls_end_once_handed_their_budget_of_domain_xml(
-    tmp_path: Path, domain_xml: bytes, vmi_json: bytes
-) -> None:
-    """lxml keeps the names a thread parsed for the thread's life: the threads are renewed."""
+def thread_recording_hook(threads: list[threading.Thread]) -> callbacks.Hook:
+    """The real hook, recording in ``threads`` the thread each call ran on."""
     real = callbacks.bound_hook(SETTINGS, {"QAT0": VF})
-    threads: list[threading.Thread] = []
 
     def hook(domain: bytes, vmi: bytes, migration_target: bool) -> HookOutcome:
         threads.append(threading.current_thread())
         return real(domain, vmi, migration_target)
 
+    return hook
+
+
+def test_the_threads_that_ran_calls_end_once_handed_their_budget_of_domain_xml(
+    tmp_path: Path, domain_xml: bytes, vmi_json: bytes
+) -> None:
+    """lxml keeps the names a thread parsed for the thread's life: the threads are renewed."""
+    threads: list[threading.Thread] = []
+    hook = thread_recording_hook(threads)
     budget = 3 * len(domain_xml)
     with running_server(tmp_path, hook=hook, thread_bytes=budget):
         # Each call uses new element and attribute names, as a hostile client would.
@@ -796,13 +802,8 @@ def test_the_warm_up_readies_a_thread_before_the_first_call(
     tmp_path: Path, hook_log: list[logging.LogRecord], domain_xml: bytes, vmi_json: bytes
 ) -> None:
     """After Info, a trial transform runs on a server thread: the first call starts none."""
-    real = callbacks.bound_hook(SETTINGS, {"QAT0": VF})
     ran_on: list[threading.Thread] = []
-
-    def hook(domain: bytes, vmi: bytes, migration_target: bool) -> HookOutcome:
-        ran_on.append(threading.current_thread())
-        return real(domain, vmi, migration_target)
-
+    hook = thread_recording_hook(ran_on)
     with running_server(tmp_path, hook=hook) as server:
         warming = server.warm_up()
         assert info(tmp_path / "h.sock").name == "qat"
