@@ -220,7 +220,7 @@ class DomainHookServicer:
         from hook_sidecar._generated import plugins_v1alpha1_pb2
 
         self._runner = runner
-        self._messages = plugins_v1alpha1_pb2
+        self.messages = plugins_v1alpha1_pb2
 
     def MutateDomain(self, request: Any, context: grpc.ServicerContext) -> Any:
         context_name = request.sidecar_context.invocation_context
@@ -246,7 +246,7 @@ class DomainHookServicer:
             migration_target=context_name == MIGRATION_TARGET,
             invocation=invocation,
         )
-        return self._messages.MutateDomainResponse(domain=xml)
+        return self.messages.MutateDomainResponse(domain=xml)
 
 
 def _callbacks_methods(servicer: _CallbacksBase) -> dict[str, unary.Method]:
@@ -306,7 +306,7 @@ def add_hook_services(
 def add_plugin_services(server: grpc.Server, runner: HookRunner, watch: unary.RequestWatch) -> None:
     """KubeVirt's structured-plugin DomainHookService."""
     servicer = DomainHookServicer(runner)
-    messages = servicer._messages
+    messages = servicer.messages
     unary.add_service(
         server,
         "kubevirt.hooks.plugins.v1alpha1.DomainHookService",

@@ -9,7 +9,7 @@ again and must hold every added device exactly once.
 
 lxml keeps every element and attribute name it parses in a dictionary of the
 calling thread for the thread's life: a long-lived caller bounds that itself
-(the server runs the hook on threads it replaces, ``callbacks``).
+(the server runs the hook on threads it replaces, ``server.RecyclingExecutor``).
 """
 
 from __future__ import annotations
