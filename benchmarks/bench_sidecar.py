@@ -45,12 +45,14 @@ until the socket answers Info, from schedstat; for the shim, the Go server's), a
 hook manager's OnDefineDomain wall time (the shim's includes starting ``onDefineDomain``;
 cpu_per_call_ms adds the CPU of the script it ran). For the server flavor the same run serves
 a plain grpcio server that returns the domain unchanged (same protos, same Python, same
-chroot) in rounds alternating with the hook's: echo_p50_ms, p50_minus_echo_ms, and
+chroot) in rounds alternating with the hook's: echo_p50_ms, p50_minus_echo_ms,
 passthrough_minus_echo_ms (a VMI that asks for nothing: the server's own cost without the
-transform). For the shim flavor the same run alternates with a floor: the same sidecar-shim
-running a script that starts the image's Python, loads lxml and echoes the domain
-(floor_p50_ms, p50_minus_floor_ms: what the hook adds to a call). Each line starts with the
-flavor.
+transform) and lxml_floor_minus_echo_ms (the same server parsing, writing and reading back
+the domain with lxml: what any tree edit with a read-back guard costs at least), and the
+plain server's own echo_uss_mib and echo_ready_cpu_ms (one copy). For the shim flavor the
+same run alternates with a floor: the same sidecar-shim running a script that starts the
+image's Python, loads lxml and echoes the domain (floor_p50_ms, p50_minus_floor_ms: what the
+hook adds to a call). Each line starts with the flavor.
 
     python benchmarks/bench_sidecar.py [--instances N] [--calls N] [--levers] [--leak] [--json]
     python benchmarks/bench_sidecar.py --flavor shim --rootfs DIR --entrypoint JSON [--image-env ..]
@@ -525,18 +527,31 @@ def run(
 
 # A plain grpcio server that returns the domain unchanged: the floor the server flavor is
 # compared with. The same generated protos and Python as the hook; no options, two workers.
+# With --lxml it parses the domain with a hardened parser, writes it and reads the written
+# bytes once more: the least any lxml tree edit with a read-back guard costs a call.
 ECHO_SERVER = """\
 import sys
 from concurrent.futures import ThreadPoolExecutor
 import grpc
 from hook_sidecar._generated import info_pb2, info_pb2_grpc, v1alpha3_pb2, v1alpha3_pb2_grpc
+LXML = "--lxml" in sys.argv
+if LXML:
+    from lxml import etree
+def rewritten(domain):
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, strip_cdata=False)
+    tree = etree.fromstring(domain, parser).getroottree()
+    written = etree.tostring(tree, encoding="UTF-8", xml_declaration=True)
+    etree.fromstring(written, etree.XMLParser(resolve_entities=False, no_network=True,
+        remove_blank_text=True, remove_comments=True, remove_pis=True))
+    return written
 class Info(info_pb2_grpc.InfoServicer):
     def Info(self, request, context):
         return info_pb2.InfoResult(name="echo", versions=["v1alpha3"],
             hookPoints=[info_pb2.HookPoint(name="OnDefineDomain")])
 class Callbacks(v1alpha3_pb2_grpc.CallbacksServicer):
     def OnDefineDomain(self, request, context):
-        return v1alpha3_pb2.OnDefineDomainResult(domainXML=request.domainXML)
+        domain = rewritten(request.domainXML) if LXML else request.domainXML
+        return v1alpha3_pb2.OnDefineDomainResult(domainXML=domain)
 server = grpc.server(ThreadPoolExecutor(2))
 info_pb2_grpc.add_InfoServicer_to_server(Info(), server)
 v1alpha3_pb2_grpc.add_CallbacksServicer_to_server(Callbacks(), server)
@@ -566,6 +581,9 @@ FLAVOR_KEYS = (
     "echo_p50_ms",
     "p50_minus_echo_ms",
     "passthrough_minus_echo_ms",
+    "lxml_floor_minus_echo_ms",
+    "echo_uss_mib",
+    "echo_ready_cpu_ms",
     "floor_p50_ms",
     "p50_minus_floor_ms",
 )
@@ -745,13 +763,19 @@ def flavor_run(
         inside = f"/tmp/{echo_source.name}/echo.py"
         echo = start_sidecar(launch, ["python3", inside, f"{HOOKS_IN_IMAGE}/echo.sock"], "echo")
         stack.callback(echo.stop)
+        numbers["echo_uss_mib"] = round(smaps_mib(echo.process.pid)[0], 1)
+        numbers["echo_ready_cpu_ms"] = round(echo.ready_cpu_ms, 2)
+        rewrite = ["python3", inside, f"{HOOKS_IN_IMAGE}/echo.sock", "--lxml"]
+        lxml_echo = start_sidecar(launch, rewrite, "lxml echo")
+        stack.callback(lxml_echo.stop)
         per_round = max(10, calls // ROUNDS)
-        hook, echoed, passthrough = [], [], []
+        hook, echoed, passthrough, rewritten = [], [], [], []
         before = total_cpu_ms(subject.process.pid)
         for _ in range(ROUNDS):
             hook += manager_calls(driver, subject.hooks, vmi, per_round)
             echoed += manager_calls(driver, echo.hooks, vmi, per_round)
             passthrough += manager_calls(driver, subject.hooks, nothing, per_round)
+            rewritten += manager_calls(driver, lxml_echo.hooks, vmi, per_round)
         spent = total_cpu_ms(subject.process.pid) - before
         numbers["cpu_per_call_ms"] = round(spent / (2 * ROUNDS * per_round), 3)
         numbers["p50_ms"] = round(statistics.median(hook), 3)
@@ -759,6 +783,9 @@ def flavor_run(
         numbers["p50_minus_echo_ms"] = round(numbers["p50_ms"] - numbers["echo_p50_ms"], 3)
         numbers["passthrough_minus_echo_ms"] = round(
             statistics.median(passthrough) - numbers["echo_p50_ms"], 3
+        )
+        numbers["lxml_floor_minus_echo_ms"] = round(
+            statistics.median(rewritten) - numbers["echo_p50_ms"], 3
         )
     return numbers
 

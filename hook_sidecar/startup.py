@@ -26,6 +26,7 @@ turns the deferral off (for comparing against it, or as an escape hatch).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.machinery
 import os
@@ -35,7 +36,7 @@ from _thread import RLock
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from importlib.abc import Loader
 
 # What a sync grpc server never uses. Only modules whose import has no side
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
 # a sync server: lxml, which does, loads it with the first transform or the warm-up.
 # It also imports pkgutil (with importlib.util), which it uses only to read its bundled
 # root certificates for TLS: the sidecar serves and calls over unix sockets without TLS.
+# grpc's server module takes one name from typing_extensions, ``override`` (see SERVED),
+# whose import would load inspect, ast and dis for a signature it reads at module level:
+# about 6 ms of every start before the socket answers, and 0.4 MiB.
 DEFERRED = (
     "asyncio",
     "grpc.aio",
@@ -71,8 +75,22 @@ DEFERRED = (
     "selectors",
     "inspect",
     "pkgutil",
+    "typing_extensions",
 )
 EAGER_ENV = "QAT_HOOK_EAGER_IMPORTS"
+
+
+def _override(method: Any) -> Any:
+    """``typing_extensions.override`` as typing_extensions 4 defines it: marks, returns."""
+    with contextlib.suppress(AttributeError, TypeError):
+        method.__override__ = True
+    return method
+
+
+SERVED: Mapping[str, Mapping[str, Any]] = {"typing_extensions": {"override": _override}}
+"""Attributes a stand-in answers itself, without loading its module: the same object
+the module would give, for the one name a sync server takes from it. Any other
+attribute loads the real module as usual."""
 
 
 class DeferredModule(types.ModuleType):
@@ -80,8 +98,9 @@ class DeferredModule(types.ModuleType):
 
     Only attributes missing from the stand-in reach ``__getattr__``; the
     stand-in holds just what the import system itself reads (``__name__``,
-    ``__spec__`` ...), so every other read, ``__path__`` and ``__file__``
+    ``__spec__`` ...) and its ``SERVED`` names, so every other read, ``__file__``
     included, imports the real module and is answered by it from then on.
+    ``__path__`` loads a package; a plain module has none, and says so unloaded.
     """
 
     def __init__(self, name: str) -> None:
@@ -105,6 +124,11 @@ class DeferredModule(types.ModuleType):
 
     def __getattr__(self, name: str) -> Any:
         if self._deferred_initializing:
+            raise AttributeError(name)
+        spec = self.__spec__
+        if name == "__path__" and spec is not None and not spec.loader_state:
+            # ``from module import name`` asks whether it is a package; a plain module
+            # is not, and saying so needs no load.
             raise AttributeError(name)
         return getattr(self._deferred_load(), name)
 
@@ -135,6 +159,8 @@ class _Loader:
 
     def exec_module(self, module: types.ModuleType) -> None:
         """Nothing runs now: the real module's code runs on first use."""
+        for name, value in _FINDER.served.get(module.__name__, {}).items():
+            object.__setattr__(module, name, value)
         object.__setattr__(module, "_deferred_initializing", False)
 
 
@@ -146,6 +172,7 @@ class _Finder:
 
     def __init__(self) -> None:
         self.pending: set[str] = set()
+        self.served: dict[str, Mapping[str, Any]] = {}
 
     def release(self, name: str) -> None:
         self.pending.discard(name)
@@ -159,20 +186,31 @@ class _Finder:
         if fullname not in self.pending:
             return None
         # Only a module that really exists is deferred; anything else fails now, as usual.
-        if importlib.machinery.PathFinder.find_spec(fullname, path) is None:
+        real = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if real is None:
             return None
-        return importlib.machinery.ModuleSpec(fullname, cast("Loader", _LOADER))
+        spec = importlib.machinery.ModuleSpec(fullname, cast("Loader", _LOADER))
+        # Whether the real module is a package. The stand-in has no __path__ of its own:
+        # a submodule import asks for it and so loads the real package first.
+        spec.loader_state = real.submodule_search_locations is not None
+        return spec
 
 
 _FINDER = _Finder()
 
 
-def install(names: Sequence[str] = DEFERRED) -> None:
-    """Defer ``names`` for this process unless they are loaded already or eager is asked for."""
+def install(
+    names: Sequence[str] = DEFERRED, served: Mapping[str, Mapping[str, Any]] = SERVED
+) -> None:
+    """Defer ``names`` for this process unless they are loaded already or eager is asked for.
+
+    ``served``: attributes the stand-in of a module answers without loading it.
+    """
     if os.environ.get(EAGER_ENV, "") not in ("", "0"):
         return
     _quiet_logging_task_names()
     _FINDER.pending.update(name for name in names if name not in sys.modules)
+    _FINDER.served.update(served)
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
 

@@ -51,6 +51,7 @@ NEVER_LOADED_TWICE = (
     "ipaddress",  # urllib.parse's, for bracketed IPv6 hosts only
     "calendar",  # protobuf's well_known_types', for Timestamps only
     "pkgutil",  # grpc's Cython core's, for TLS root certificates only
+    "typing_extensions",  # grpc's server module's, for one decorator (startup.SERVED)
 )
 
 
@@ -77,6 +78,20 @@ def modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
         del sys.modules[key]
     del RUN_LOGS[name]
+
+
+@pytest.fixture
+def plain_module(modules: str) -> Iterator[str]:
+    """A fresh plain module (no package) beside ``modules``, logging its runs to the same log."""
+    name = f"{modules}_plain"
+    (RUN_LOGS[modules].parent / f"{name}.py").write_text(
+        f"with open({str(RUN_LOGS[modules])!r}, 'a') as log:\n    log.write(__name__ + '\\n')\n"
+        "VALUE = 42\nOTHER = 'other'\n"
+    )
+    yield name
+    startup._FINDER.pending.discard(name)
+    startup._FINDER.served.pop(name, None)
+    sys.modules.pop(name, None)
 
 
 def runs(name: str) -> list[str]:
@@ -117,6 +132,47 @@ def test_from_import_and_submodule_import_load_the_real_package(modules: str) ->
     namespace: dict[str, Any] = {}
     exec(f"from {modules} import VALUE", namespace)
     assert namespace["VALUE"] == 42
+
+
+def test_from_import_of_a_plain_module_loads_it_once(modules: str, plain_module: str) -> None:
+    startup.install((plain_module,))
+    importlib.import_module(plain_module)
+    assert runs(modules) == []
+    namespace: dict[str, Any] = {}
+    exec(f"from {plain_module} import VALUE", namespace)
+    assert namespace["VALUE"] == 42
+    assert runs(modules) == [plain_module]
+
+
+def test_a_served_name_is_answered_without_loading(modules: str, plain_module: str) -> None:
+    """``from module import name`` of a served name leaves the module unloaded; any other
+    name still loads it, and it answers from then on."""
+    marker = object()
+    startup.install((plain_module,), {plain_module: {"VALUE": marker}})
+    namespace: dict[str, Any] = {}
+    exec(f"from {plain_module} import VALUE", namespace)
+    assert namespace["VALUE"] is marker
+    assert runs(modules) == []
+    assert not startup.loaded(plain_module)
+    exec(f"from {plain_module} import OTHER", namespace)
+    assert namespace["OTHER"] == "other"
+    assert runs(modules) == [plain_module]
+    assert importlib.import_module(plain_module).VALUE == 42  # the real module now
+
+
+def test_the_served_override_marks_and_returns_as_typing_extensions_does() -> None:
+    import typing_extensions
+
+    served = startup.SERVED["typing_extensions"]["override"]
+
+    class Base:
+        def method(self) -> None: ...
+
+    for decorate in (typing_extensions.override, served):
+        marked = decorate(Base.method)
+        assert marked is Base.method and marked.__override__ is True  # type: ignore[attr-defined]
+        unmarkable: Any = 1
+        assert decorate(unmarkable) == 1  # what cannot take the mark comes back as it is
 
 
 def test_setattr_on_the_stand_in_reaches_the_real_module(modules: str) -> None:
@@ -243,6 +299,36 @@ def test_the_serving_modules_leave_them_unloaded() -> None:
         check=True,
     )
     assert proc.stdout.split("\n")[:-1] == [f"{name} False" for name in NEVER_LOADED_TWICE]
+
+
+def test_the_socket_answers_before_inspect_loads() -> None:
+    """What runs before the socket is ready (serve's modules and grpc's server module, which
+    ``grpc.server()`` imports) leaves inspect, ast and dis to the warm-up's lxml."""
+    code = (
+        "from hook_sidecar import startup\n"
+        "startup.install()\n"
+        "import hook_sidecar.cli, hook_sidecar.server, grpc._server\n"
+        "for name in ('inspect', 'ast', 'dis', 'typing_extensions'):\n"
+        "    print(name, startup.loaded(name))\n"
+    )
+    path = f"{ROOT}{os.pathsep}{sysconfig.get_paths()['purelib']}"
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        env=clean_env(PYTHONPATH=path),
+        check=True,
+    )
+    assert proc.stdout.split() == [
+        "inspect",
+        "False",
+        "ast",
+        "False",
+        "dis",
+        "False",
+        "typing_extensions",
+        "False",
+    ]
 
 
 def test_the_check_sees_them_when_the_deferral_is_off(
