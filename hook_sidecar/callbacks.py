@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 
@@ -25,7 +25,10 @@ from hook_sidecar._generated import (
     v1alpha3_pb2,
 )
 from hook_sidecar.errors import HookError, one_line, status_code_name
-from hook_sidecar.hook import HookOutcome, HookSettings, on_define_domain
+
+if TYPE_CHECKING:
+    from hook_sidecar.config import HookSettings
+    from hook_sidecar.hook import HookOutcome
 
 ALL_VERSIONS = ("v1alpha1", "v1alpha2", "v1alpha3")
 ON_DEFINE_DOMAIN = "OnDefineDomain"
@@ -34,7 +37,7 @@ LIBVIRT_DOMAIN_TYPE = "libvirt"
 MIGRATION_TARGET = "MigrationTarget"
 INTERNAL_MESSAGE = "QAT hook: internal error; the hook-sidecar container's log has the details"
 
-Hook: TypeAlias = Callable[[bytes, bytes, bool], HookOutcome]
+Hook: TypeAlias = "Callable[[bytes, bytes, bool], HookOutcome]"
 """``(domain_xml, vmi_json, migration_target) -> HookOutcome``: what every callback runs.
 
 The seam between the gRPC adapter and the hook logic, like the mutator interface of
@@ -46,6 +49,9 @@ def bound_hook(settings: HookSettings, env: Mapping[str, str]) -> Hook:
     """The real hook, ``on_define_domain`` with this process's settings and environment."""
 
     def hook(domain_xml: bytes, vmi_json: bytes, migration_target: bool) -> HookOutcome:
+        # Loaded by the warm-up once the socket answers (or by the first call), not before.
+        from hook_sidecar.hook import on_define_domain
+
         return on_define_domain(
             domain_xml, vmi_json, env, settings, migration_target=migration_target
         )

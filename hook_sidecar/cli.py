@@ -16,11 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from hook_sidecar import __version__, settings
+from hook_sidecar.config import MAX_VMI_BYTES
 from hook_sidecar.errors import HookError, one_line
-from hook_sidecar.vmi import MAX_VMI_BYTES
 
 if TYPE_CHECKING:
-    from hook_sidecar.hook import HookSettings
+    from hook_sidecar.config import HookSettings
     from hook_sidecar.server import ServeConfig
 
 PROG = "qat-hook"
@@ -207,7 +207,7 @@ def _read(path: str, what: str, limit: int) -> bytes:
 
 def hook_settings(args: argparse.Namespace) -> HookSettings:
     """The core's plain settings from parsed (and so already checked) arguments."""
-    from hook_sidecar.hook import HookSettings
+    from hook_sidecar.config import HookSettings
 
     return HookSettings(
         discovery=settings.discovery_config(args),
@@ -217,7 +217,7 @@ def hook_settings(args: argparse.Namespace) -> HookSettings:
 
 
 def _environment() -> dict[str, str]:
-    from hook_sidecar.discovery import env_snapshot
+    from hook_sidecar.config import env_snapshot
 
     return env_snapshot(os.environ)
 

@@ -16,36 +16,19 @@ import functools
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from hook_sidecar import dra, podresources, sources, sysfs
 from hook_sidecar import vmi as vmis
+from hook_sidecar.config import DiscoveryConfig as DiscoveryConfig
+from hook_sidecar.config import OnMissing as OnMissing
+from hook_sidecar.config import VerifySysfs as VerifySysfs
+from hook_sidecar.config import env_snapshot as env_snapshot
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
 from hook_sidecar.pci import PciAddress
 from hook_sidecar.sources import Candidates, Source, SourceInput, addresses_text
 
 SOURCES_DOC = "docs/how-it-works.md#how-the-vfs-address-reaches-the-sidecar"
-ENV_PREFIXES = ("QAT", "PCI_RESOURCE_", "PCIDEVICE_", "POD_")
-
-OnMissing = Literal["fail", "skip"]
-VerifySysfs = Literal["off", "warn", "strict"]
-
-
-class DiscoveryConfig(NamedTuple):
-    """Every knob of discovery, as plain values (the CLI builds it from flags and variables)."""
-
-    devices: tuple[PciAddress, ...] = ()
-    devices_from: str = "--device"
-    """Where ``devices`` were given: ``--device`` or ``QAT_HOOK_DEVICES`` (logs name it)."""
-    resource_patterns: tuple[str, ...] = vmis.DEFAULT_RESOURCE_PATTERNS
-    dra_root: str | os.PathLike[str] = dra.DEFAULT_ROOT
-    sysfs_root: str | os.PathLike[str] = sysfs.DEFAULT_ROOT
-    verify_sysfs: VerifySysfs = "warn"
-    allow_vmi_devices: bool = False
-    on_missing: OnMissing = "fail"
-    podresources_socket: str | os.PathLike[str] | None = None
-    """kubelet's PodResources socket; None leaves kubelet out."""
-    podresources_deadline: float = podresources.DEADLINE_SECONDS
 
 
 class HostNode(NamedTuple):
@@ -92,11 +75,6 @@ def configured_sources(config: DiscoveryConfig) -> tuple[Source, ...]:
         Source("vmi-annotation", sources.vmi_annotation(config.allow_vmi_devices)),
     ]
     return tuple(chosen)
-
-
-def env_snapshot(environ: Mapping[str, str]) -> dict[str, str]:
-    """The variables discovery reads, copied once so a call sees one consistent view."""
-    return {name: value for name, value in environ.items() if name.startswith(ENV_PREFIXES)}
 
 
 def _disagreement(winner: Candidates, other: Candidates) -> str:

@@ -13,18 +13,11 @@ from typing import NamedTuple
 
 from hook_sidecar import discovery
 from hook_sidecar import vmi as vmis
+from hook_sidecar.config import HookSettings as HookSettings
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
-from hook_sidecar.hostdevs import HostDevice, TransformOptions, TransformResult
+from hook_sidecar.hostdevs import HostDevice, TransformResult
 from hook_sidecar.pci import PciAddress
 from hook_sidecar.sources import addresses_text
-
-
-class HookSettings(NamedTuple):
-    """What a running hook needs besides the request: fixed at start-up."""
-
-    discovery: discovery.DiscoveryConfig
-    transform: TransformOptions
-    guest_addresses: Mapping[PciAddress, PciAddress]
 
 
 def host_devices(

@@ -20,14 +20,15 @@ import stat
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from hook_sidecar import config
 from hook_sidecar import vmi as vmis
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
 from hook_sidecar.pci import PciAddress, PciAddressError
 from hook_sidecar.sources import Candidates, Lookup, SourceInput, dedupe
 
 COMPUTE_CONTAINER = "compute"
-DEADLINE_SECONDS = 2.0
-DEFAULT_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
+DEADLINE_SECONDS = config.PODRESOURCES_DEADLINE_SECONDS
+DEFAULT_SOCKET = config.PODRESOURCES_SOCKET
 MAX_SOCKET_PATH_BYTES = 107
 """Linux's sun_path holds 108 bytes with the terminating NUL."""
 ROOT_FIX = (

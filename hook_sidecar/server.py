@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, TypeVar
 import grpc
 
 from hook_sidecar import __version__, callbacks, logs, unary
+from hook_sidecar.config import MAX_VMI_BYTES
 from hook_sidecar.errors import SetupFailed
-from hook_sidecar.vmi import MAX_VMI_BYTES
 
 if TYPE_CHECKING:
-    from hook_sidecar.hook import HookOutcome, HookSettings
+    from hook_sidecar.config import HookSettings
+    from hook_sidecar.hook import HookOutcome
 
 # The largest request: a domain at the configured cap, a VMI at the VMI reader's cap, and
 # the message's own framing (field tags and lengths, MutateDomain's small fields). A
@@ -81,8 +82,9 @@ MAX_SOCKET_DIRECTORY = MAX_SOCKET_PATH - len(f"/{STAGING_PREFIX}XXXXXXXX/s")
 PROBE_SECONDS = 1.0
 NR_OPEN_DEFAULT = 1024 * 1024  # the kernel's default fs.nr_open
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-# What the first OnDefineDomain of a VMI that wants a VF imports (lxml with them).
-WARM_UP_MODULES = ("hook_sidecar.transform",)
+# What the first OnDefineDomain imports: the hook with discovery and the VMI reader, and
+# for a VMI that wants a VF the transform with lxml.
+WARM_UP_MODULES = ("hook_sidecar.hook", "hook_sidecar.transform")
 # lxml keeps every element and attribute name a thread parses in a dictionary of that
 # thread for the thread's life (about 5 bytes of memory per byte of new names). The
 # threads that serve calls are replaced once the calls they ran were handed this many

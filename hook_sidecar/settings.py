@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from hook_sidecar import discovery, dra, podresources, sysfs
+from hook_sidecar import config
 from hook_sidecar.errors import InvalidInput
 from hook_sidecar.hostdevs import DEFAULT_MAX_BYTES, TransformOptions
 from hook_sidecar.pci import PciAddress, PciAddressError
@@ -124,21 +124,21 @@ DISCOVERY_OPTIONS = (
         "--dra-root",
         "QAT_HOOK_DRA_ROOT",
         "where DRA device metadata is mounted",
-        default=dra.DEFAULT_ROOT,
+        default=config.DRA_ROOT,
         metavar="DIR",
     ),
     Option(
         "--podresources-socket",
         "QAT_HOOK_PODRESOURCES_SOCKET",
         "kubelet's PodResources socket; consulted when it exists ('' to disable)",
-        default=podresources.DEFAULT_SOCKET,
+        default=config.PODRESOURCES_SOCKET,
         metavar="PATH",
     ),
     Option(
         "--sysfs-root",
         "QAT_HOOK_SYSFS_ROOT",
         "sysfs mount used to verify devices and read each VF's host NUMA node",
-        default=sysfs.DEFAULT_ROOT,
+        default=config.SYSFS_ROOT,
         metavar="DIR",
     ),
     Option(
@@ -398,14 +398,13 @@ def int_option(text: str, flag: str, low: int, high: int) -> int:
     )
 
 
-def discovery_config(args: argparse.Namespace) -> discovery.DiscoveryConfig:
+def discovery_config(args: argparse.Namespace) -> config.DiscoveryConfig:
     devices = args.device
     socket = args.podresources_socket or ""
-    return discovery.DiscoveryConfig(
+    return config.DiscoveryConfig(
         devices=tuple(devices),
         devices_from=getattr(devices, "origin", "") or "--device",
-        resource_patterns=tuple(args.resource_pattern)
-        or discovery.DiscoveryConfig().resource_patterns,
+        resource_patterns=tuple(args.resource_pattern) or config.DEFAULT_RESOURCE_PATTERNS,
         dra_root=args.dra_root,
         sysfs_root=args.sysfs_root,
         verify_sysfs=args.verify_sysfs,

@@ -117,9 +117,9 @@ def environment_settings(environ: Mapping[str, str]) -> argparse.Namespace:
 def run(values: Mapping[str, bytes], environ: Mapping[str, str]) -> bytes:
     """The new domain for ``values`` (raises ``HookError`` for anything a user must fix)."""
     from hook_sidecar import settings
-    from hook_sidecar.discovery import env_snapshot
+    from hook_sidecar.config import HookSettings, env_snapshot
     from hook_sidecar.errors import escape
-    from hook_sidecar.hook import HookSettings, on_define_domain
+    from hook_sidecar.hook import on_define_domain
 
     args = environment_settings(environ)
     hook = HookSettings(

@@ -14,14 +14,12 @@ from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
 from hook_sidecar import boundedjson
+from hook_sidecar.config import DEFAULT_RESOURCE_PATTERNS as DEFAULT_RESOURCE_PATTERNS
+from hook_sidecar.config import MAX_VMI_BYTES as MAX_VMI_BYTES
 from hook_sidecar.errors import InvalidInput
 
 ENABLED_ANNOTATION = "qat.vm.kubevirt.io/enabled"
 DEVICES_ANNOTATION = "qat.vm.kubevirt.io/devices"
-DEFAULT_RESOURCE_PATTERNS = ("qat.intel.com/*",)
-MAX_VMI_BYTES = 2 * 1024 * 1024
-"""The largest VMI JSON read. etcd stores an object of at most about 1.5 MiB, so no VMI
-virt-launcher sends is larger; the server's gRPC message cap is derived from this."""
 GET_VMI = "kubectl get vmi NAME -o json"
 
 Vmi = Mapping[str, Any]

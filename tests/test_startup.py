@@ -374,7 +374,8 @@ def test_the_image_s_optimisation_level_serves_the_same_answer(
 def test_the_warm_up_loads_the_transform_after_ready_and_before_the_first_call(
     tmp_path: Path, domain_xml: bytes, vmi_json: bytes
 ) -> None:
-    """lxml and the transform load after the ready line, and the first call imports nothing.
+    """The hook (with discovery and the VMI reader), lxml and the transform load after the
+    ready line, and the first call imports nothing.
 
     So neither the socket nor Info waits for them, and virt-launcher's first
     OnDefineDomain (which comes after its 300 ms socket scan and Info) finds them loaded.
@@ -391,12 +392,14 @@ def test_the_warm_up_loads_the_transform_after_ready_and_before_the_first_call(
     try:
         with server.channel() as channel:  # as virt-launcher: Info first; the warm-up follows
             info_pb2_grpc.InfoStub(channel).Info(info_pb2.InfoParams(), timeout=10)
-        server.wait_for_log("warm-up: loaded hook_sidecar.transform")
+        server.wait_for_log("warm-up: loaded hook_sidecar.hook, hook_sidecar.transform")
         before_call = stderr_lines("\n".join(server.log_lines()))
         ready = next(i for i, line in enumerate(before_call) if "ready: serving on" in line)
         warmed = imported("\n".join(before_call[ready:]))
-        assert {"lxml.etree", "hook_sidecar.transform"} <= set(warmed)
-        assert "lxml.etree" not in imported("\n".join(before_call[:ready]))
+        after_ready = {"lxml.etree", "hook_sidecar.transform", "hook_sidecar.hook"}
+        after_ready |= {"hook_sidecar.discovery", "hook_sidecar.vmi", "hook_sidecar.dra"}
+        assert after_ready <= set(warmed)
+        assert after_ready.isdisjoint(imported("\n".join(before_call[:ready])))
         # numa (guest NUMA placement) loads only for a domain with guest NUMA cells.
         assert "hook_sidecar.numa" not in warmed
         with server.channel() as channel:
