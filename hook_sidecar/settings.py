@@ -259,8 +259,9 @@ SERVE_OPTIONS = (
     Option(
         "--warm-up",
         "QAT_HOOK_WARM_UP",
-        "once the socket is ready, load the transform (lxml) in the background, so the first "
-        "OnDefineDomain does not wait for it (off: load it on the first VMI that asks for a VF)",
+        "after virt-launcher's Info (at once with the plugin socket alone), load the hook and "
+        "the transform (lxml) in the background, so the first call does not wait for them "
+        "(off: the first call loads the hook, and the first VMI that asks for a VF the transform)",
         default="on",
         choices=("on", "off"),
     ),

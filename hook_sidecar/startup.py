@@ -51,9 +51,9 @@ if TYPE_CHECKING:
 # exist: about 1 ms more. inspect (which lxml imports) imports tokenize, token
 # and linecache for reading source files, and the server reaches kubelet's socket (and
 # probes a stale socket of its own) only on a path that may never run: socket and
-# selectors. grpc's Cython core imports inspect (with ast, dis...) and never reads it in
-# a sync server: lxml, which does, loads it with the first transform or the warm-up.
-# It also imports pkgutil (with importlib.util), which it uses only to read its bundled
+# selectors. grpc's Cython core imports inspect (with ast, dis...) and never reads it;
+# lxml takes one function from it at load, which SERVED answers until it is called.
+# grpc's Cython core also imports pkgutil (with importlib.util), only to read its bundled
 # root certificates for TLS: the sidecar serves and calls over unix sockets without TLS.
 # grpc's server module takes one name from typing_extensions, ``override`` (see SERVED),
 # whose import would load inspect, ast and dis for a signature it reads at module level:
@@ -87,10 +87,20 @@ def _override(method: Any) -> Any:
     return method
 
 
-SERVED: Mapping[str, Mapping[str, Any]] = {"typing_extensions": {"override": _override}}
-"""Attributes a stand-in answers itself, without loading its module: the same object
-the module would give, for the one name a sync server takes from it. Any other
-attribute loads the real module as usual."""
+def _getfullargspec(func: Any) -> Any:
+    """``inspect.getfullargspec``, loading inspect when it is first called."""
+    return _real("inspect").getfullargspec(func)
+
+
+SERVED: Mapping[str, Mapping[str, Any]] = {
+    "typing_extensions": {"override": _override},
+    "inspect": {"getfullargspec": _getfullargspec},
+}
+"""Attributes a stand-in answers itself, without loading its module, for the one name
+each importer takes from it at load: grpc's server module ``override`` (applied to its
+classes then, as typing_extensions applies it), lxml ``getfullargspec`` (called only for
+XSLT extension functions, which the hook never registers; this one loads inspect and
+answers as inspect would). Any other attribute loads the real module as usual."""
 
 
 class DeferredModule(types.ModuleType):
@@ -118,7 +128,10 @@ class DeferredModule(types.ModuleType):
                 _FINDER.release(self.__name__)
                 if sys.modules.get(self.__name__) is self:
                     del sys.modules[self.__name__]
-                real = importlib.import_module(self.__name__)
+                # __import__, not importlib.import_module: -X importtime logs only the former,
+                # so the real load shows as the name's second line in an import log.
+                __import__(self.__name__)
+                real = sys.modules[self.__name__]
                 object.__setattr__(self, "_deferred_real", real)
             return real
 
@@ -223,6 +236,14 @@ def _quiet_logging_task_names() -> None:
         import logging
 
         logging.logAsyncioTasks = False
+
+
+def _real(name: str) -> types.ModuleType:
+    """The real module ``name``, imported now if only its stand-in is."""
+    module = sys.modules.get(name)
+    if isinstance(module, DeferredModule):
+        return module._deferred_load()
+    return importlib.import_module(name)
 
 
 def loaded(name: str) -> bool:

@@ -140,8 +140,18 @@ def test_a_warning_quoting_hostile_text_stays_one_line() -> None:
 
 # Every call starts the script anew, so it loads only what the hook needs: not grpc or
 # protobuf (the Go shim speaks gRPC), not the CLI's argparse, and neither pathlib nor
-# dataclasses nor threading, which the core does without (docs/development.md).
-NOT_FOR_THE_SHIM = ("grpc", "google.protobuf", "argparse", "pathlib", "dataclasses", "threading")
+# dataclasses nor threading, which the core does without (docs/development.md), nor the
+# real inspect, whose ast and dis lxml's load would pull in (its stand-in answers lxml).
+NOT_FOR_THE_SHIM = (
+    "grpc",
+    "google.protobuf",
+    "argparse",
+    "pathlib",
+    "dataclasses",
+    "threading",
+    "ast",
+    "dis",
+)
 
 
 def test_loads_only_what_the_hook_needs() -> None:

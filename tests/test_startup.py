@@ -52,6 +52,7 @@ NEVER_LOADED_TWICE = (
     "calendar",  # protobuf's well_known_types', for Timestamps only
     "pkgutil",  # grpc's Cython core's, for TLS root certificates only
     "typing_extensions",  # grpc's server module's, for one decorator (startup.SERVED)
+    "inspect",  # grpc's Cython core's, unread, and lxml's, for one function (startup.SERVED)
 )
 
 
@@ -173,6 +174,18 @@ def test_the_served_override_marks_and_returns_as_typing_extensions_does() -> No
         assert marked is Base.method and marked.__override__ is True  # type: ignore[attr-defined]
         unmarkable: Any = 1
         assert decorate(unmarkable) == 1  # what cannot take the mark comes back as it is
+
+
+def test_the_served_getfullargspec_answers_as_inspect_does() -> None:
+    import inspect
+
+    served = startup.SERVED["inspect"]["getfullargspec"]
+
+    def sample(a: int, b: str = "x", *rest: int, key: bool, **more: str) -> None: ...
+
+    assert served(sample) == inspect.getfullargspec(sample)
+    with pytest.raises(TypeError):
+        served(42)  # what inspect refuses is refused alike
 
 
 def test_setattr_on_the_stand_in_reaches_the_real_module(modules: str) -> None:
