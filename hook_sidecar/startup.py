@@ -9,9 +9,10 @@ of them. Those names are *deferred*: their first import gets a stand-in module,
 and the first time anything reads an attribute of the stand-in the real module
 is imported and answers. No code path, foreseen or not, can see a missing
 module: the deferral only moves a module's cost to its first use. Where an
-importer takes one name at load and a server never uses it (grpc's server module
-typing_extensions' ``override``, lxml inspect's ``getfullargspec``), the stand-in
-answers that name itself (``SERVED``) and the module is never loaded at all.
+importer takes just one name at load (grpc's server module typing_extensions'
+``override``, lxml inspect's ``getfullargspec``), the stand-in answers that name
+itself with the same behaviour (``SERVED``), and the module loads only when
+something needs more of it.
 
 The standard library's ``importlib.util.LazyLoader`` is not used: on Python 3.11 (the
 image's) any second ``import name`` of a lazy module reads its ``__spec__`` and so loads
