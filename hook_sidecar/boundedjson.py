@@ -135,8 +135,8 @@ class _KeyMemo(dict):  # type: ignore[type-arg]
         self.reading = reading
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
+        self.reading.path[-1] = key  # a bound crossed here names this key
         self.reading.count()
-        self.reading.path[-1] = key
         return super().setdefault(key, default)
 
 

@@ -121,7 +121,13 @@ def read_vmi_file(raw: bytes, where: str) -> tuple[Vmi, str | None]:
     return value, None
 
 
-_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+_KINDS = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 def _wrong_type(path: FieldPath, value: Any, expected: str) -> InvalidInput:

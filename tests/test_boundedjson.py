@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from json import scanner
 from typing import Any
 
 import pytest
@@ -10,7 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hook_sidecar import boundedjson
-from hook_sidecar.boundedjson import MAX_VALUES, JsonLimitError, NotJson, field_path
+from hook_sidecar.boundedjson import (
+    MAX_NUMBER_CHARS,
+    MAX_VALUES,
+    JsonLimitError,
+    NotJson,
+    field_path,
+)
 from tests.conftest import EXAMPLES
 from tests.test_vmi import nested
 
@@ -55,12 +62,37 @@ def test_field_path(path: tuple[str | int, ...], text: str) -> None:
             f"VMI holds more than {MAX_VALUES} JSON values (counted up to field m.k24998); "
             "no real one has that many",
         ),
+        (  # a number at the bound and a float are read on the way to the refusal
+            b'{"n": [' + b"9" * MAX_NUMBER_CHARS + b', 1.5], "x": NaN}',
+            "VMI field x is NaN, which is not JSON",
+        ),
     ],
 )
 def test_loads_messages_in_full(raw: bytes, message: str) -> None:
     with pytest.raises(JsonLimitError) as info:
         boundedjson.loads(raw, "VMI")
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("read", [boundedjson.loads, boundedjson.counting_loads])
+def test_a_bom_in_text_is_refused_in_full(read: Any) -> None:
+    with pytest.raises(NotJson) as info:
+        read("\ufeff{}", "VMI")
+    assert str(info.value) == "VMI is not valid JSON: Unexpected UTF-8 BOM"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '["\ud800"]',
+        b'["\xed\xa0\x80"]',
+        '["\ud800"]'.encode("utf-16-le", "surrogatepass"),
+    ],
+)
+def test_a_lone_surrogate_is_read_as_json_loads_reads_it(raw: bytes | str) -> None:
+    assert json.loads(raw) == ["\ud800"]
+    assert boundedjson.loads(raw, "VMI") == ["\ud800"]
+    assert boundedjson.counting_loads(raw, "VMI") == ["\ud800"]
 
 
 def test_a_scalar_document_is_returned() -> None:
@@ -92,6 +124,13 @@ def test_a_caller_sets_its_own_bounds() -> None:
     assert boundedjson.loads(b"[[1]]", "file", max_depth=2, max_values=3) == [[1]]
     with pytest.raises(JsonLimitError, match="file holds more than 2 JSON values"):
         boundedjson.loads(b"[[1]]", "file", max_values=2)
+    with pytest.raises(JsonLimitError, match="file holds more than 1 JSON values"):
+        boundedjson.loads(b'{"a": 1}', "file", max_values=1)  # crossed at an object's first key
+    with pytest.raises(JsonLimitError) as info:
+        boundedjson.loads(b'{"spec": {"a": 1}}', "VMI", max_values=3)
+    assert str(info.value) == (  # the key being read, at a first key as at any other
+        "VMI holds more than 3 JSON values (counted up to field spec.a); no real one has that many"
+    )
     with pytest.raises(JsonLimitError, match=r"file field \[0\]... nests deeper than 1 levels"):
         boundedjson.loads(b"[[1]]", "file", max_depth=1)
 
@@ -205,3 +244,43 @@ def test_loads_and_the_counting_reader_agree_at_the_bounds(raw: bytes) -> None:
     assert outcome(boundedjson.loads, raw, 64, MAX_VALUES) == outcome(
         boundedjson.counting_loads, raw, 64, MAX_VALUES
     )
+
+
+@pytest.fixture
+def counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The decoders the counting reader builds its pure-Python scanner for, one per read."""
+    built: list[object] = []
+    make_scanner = vars(scanner)["py_make_scanner"]
+
+    def recording(decoder: object) -> Any:
+        built.append(decoder)
+        return make_scanner(decoder)
+
+    monkeypatch.setattr(scanner, "py_make_scanner", recording)
+    return built
+
+
+@pytest.mark.parametrize(
+    ("raw", "max_depth", "max_values"),
+    [
+        ((EXAMPLES / "vmi.json").read_bytes(), 64, MAX_VALUES),
+        # 401 containers, 3 levels deep: measured once built
+        (json.dumps({f"k{i}": [[]] for i in range(200)}).encode(), 64, MAX_VALUES),
+        (b"[[1]]", 2, 3),  # at both bounds
+        (b"[" + b"9" * MAX_NUMBER_CHARS + b", 1.5, -2e-3]", 64, MAX_VALUES),
+        ('"[{"', 0, MAX_VALUES),  # brackets in a string are no container
+    ],
+)
+def test_a_document_within_every_bound_is_read_by_the_c_scanner_alone(
+    counting_reads: list[object], raw: bytes | str, max_depth: int, max_values: int
+) -> None:
+    assert boundedjson.loads(raw, "VMI", max_depth, max_values) == json.loads(raw)
+    assert counting_reads == []
+
+
+def test_a_document_past_a_bound_is_read_again_by_the_counting_reader(
+    counting_reads: list[object],
+) -> None:
+    with pytest.raises(JsonLimitError, match="nests deeper than 1 levels"):
+        boundedjson.loads(b"[[1]]", "file", max_depth=1)
+    assert len(counting_reads) == 1

@@ -992,3 +992,21 @@ def test_controllers_below_an_expander_are_counted_in_any_order() -> None:
     assert [(c.index, getattr(c, "bus", None)) for c in one] == [(33, 9)]
     two = [HostDevice(PciAddress(0, 0xB1, 1, f), numa_node=1) for f in range(2)]
     assert isinstance(place(root, two, "strict").controllers[0], ExpanderBus)
+
+
+def test_cells_are_read_past_interconnects_and_comments() -> None:
+    """libvirt's <numa> also holds <interconnects> (latencies, bandwidths); neither it nor a
+    comment is a cell, nor takes a cell's place in the numbering."""
+    shape = Shape("pinned", backing=(1, 0, 2), vfs=(0, 2, 1), memnode=False)
+    root = etree.fromstring(shape.xml())
+    numa = root.find("cpu/numa")
+    assert numa is not None
+    numa.insert(0, etree.Comment(" cells follow "))
+    numa.append(
+        etree.fromstring(
+            '<interconnects><latency initiator="0" target="1" type="access" value="5"/>'
+            "</interconnects>"
+        )
+    )
+    placement = place(root, shape.devices(), "strict", shape.host_cpus())
+    assert [placement.cells[d.address] for d in shape.devices()] == [1, 2, 0]

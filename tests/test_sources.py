@@ -225,3 +225,18 @@ def test_a_plain_info_suffixed_variable_is_an_address_list() -> None:
     assert sources.environment(("qat.intel.com/*",))(call(env)).found == Candidates(
         "environment", "PCIDEVICE_QAT_INTEL_COM_INFO", (A,)
     )
+
+
+@pytest.mark.parametrize(
+    "name", ["PCIDEVICE_QAT_INTEL_COM_GENERIC", "PCI_RESOURCE_QAT_INTEL_COM_GENERIC_INFO"]
+)
+def test_only_a_pcidevice_info_variable_is_read_as_device_info(name: str) -> None:
+    """The device-info shape is KubeVirt's PCIDEVICE_<resource>_INFO alone: the same JSON in
+    any other variable is a malformed address list."""
+    with pytest.raises(InvalidInput) as info:
+        sources.environment(("qat.intel.com/*",))(call({name: DEVICE_INFO}))
+    assert str(info.value).startswith(f'variable {name}: \'{{"0000:3d:02.2": ')
+    assert str(info.value).endswith(
+        "is not a PCI address; expected DDDD:BB:SS.F or BB:SS.F in hex, "
+        "for example 0000:3d:02.2 or 3d:02.2"
+    )

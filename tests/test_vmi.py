@@ -117,6 +117,8 @@ def test_a_vmi_file_is_read_as_it_is() -> None:
     assert vmis.read_vmi_file(json.dumps(vmi).encode(), "f") == (vmi, None)
     kindless = {"metadata": {"name": "a"}}  # as tests and older tools write them
     assert vmis.read_vmi_file(json.dumps(kindless).encode(), "f") == (kindless, None)
+    spec_only: dict[str, Any] = {"spec": {"domain": {}}}
+    assert vmis.read_vmi_file(json.dumps(spec_only).encode(), "f") == (spec_only, None)
 
 
 GET = "kubectl get vmi NAME -o json"
@@ -130,6 +132,8 @@ GET = "kubectl get vmi NAME -o json"
         (b"{}", f"VMI f is an empty object {{}}; pass {GET}"),
         (b"[]", f"VMI f is a list, expected one VirtualMachineInstance object ({GET})"),
         (b'"x"', f"VMI f is a string, expected one VirtualMachineInstance object ({GET})"),
+        (b"1.5", f"VMI f is a number, expected one VirtualMachineInstance object ({GET})"),
+        (b"null", f"VMI f is null, expected one VirtualMachineInstance object ({GET})"),
         (
             json.dumps({"kind": "List", "items": [VM, VM]}).encode(),
             f"f is a List of 2 items; pass one VMI ({GET})",
@@ -146,9 +150,25 @@ GET = "kubectl get vmi NAME -o json"
             json.dumps({"kind": "VirtualMachine", "spec": {}}).encode(),
             f"f is a VirtualMachine without spec.template; pass {GET}",
         ),
+        (
+            json.dumps({"kind": "VirtualMachine", "spec": {"template": 5}}).encode(),
+            "VMI field spec.template is a number, expected an object",
+        ),
+        (
+            json.dumps({"kind": "VirtualMachine", "spec": {"template": {"metadata": []}}}).encode(),
+            "VMI field spec.template.metadata is a list, expected an object",
+        ),
+        (
+            json.dumps({"kind": "VirtualMachine", "spec": {"template": {"spec": "x"}}}).encode(),
+            "VMI field spec.template.spec is a string, expected an object",
+        ),
         (b'{"a": 1}', f"f has no kind, metadata or spec, so it is no VMI; pass {GET}"),
         (b'{"kind": 5}', "VMI field kind is a number, expected a string"),
         (b'{"kind": "List"}', f"f is a List; pass one VMI ({GET})"),
+        (
+            json.dumps({"kind": "K" * 70 + "List"}).encode(),
+            f"f is a {'K' * 64}; pass one VMI ({GET})",
+        ),
         (
             json.dumps({"kind": "K" * 70}).encode(),
             f"f is a {'K' * 64}, not a VirtualMachineInstance or VirtualMachine; pass {GET}",
@@ -343,11 +363,15 @@ def test_an_empty_payload_is_an_empty_vmi(raw: Any) -> None:
     assert vmis.parse_vmi(raw) == {}
 
 
-def test_a_vmi_that_is_not_an_object_is_refused_in_full() -> None:
+@pytest.mark.parametrize(
+    ("raw", "kind"),
+    [(b"[1]", "a list"), (b"1", "a number"), (b"1.5", "a number"), (b"null", "null")],
+)
+def test_a_vmi_that_is_not_an_object_is_refused_in_full(raw: bytes, kind: str) -> None:
     with pytest.raises(InvalidInput) as info:
-        vmis.parse_vmi(b"[1]")
+        vmis.parse_vmi(raw)
     assert str(info.value) == (
-        "VMI JSON is a list, expected an object "
+        f"VMI JSON is {kind}, expected an object "
         "(the VirtualMachineInstance as virt-launcher sends it)"
     )
 
