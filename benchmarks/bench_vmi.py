@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hook_sidecar import boundedjson, vmi  # noqa: E402
+from hook_sidecar import boundedjson, config  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -67,7 +67,7 @@ print(json.dumps({"bytes": len(raw), "baseline_kib": before, "peak_kib": after,
 def _padded(doc: dict[str, object], pad: str = "x") -> bytes:
     """``doc`` filled up to the byte cap with one string: its value count stays the same."""
     text = json.dumps(doc, separators=(",", ":"))
-    room = vmi.MAX_VMI_BYTES - len(text.encode()) - len(',"pad":""')
+    room = config.MAX_VMI_BYTES - len(text.encode()) - len(',"pad":""')
     doc["pad"] = pad + "x" * (room - len(pad.encode()))
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -88,7 +88,7 @@ def build(case: str) -> bytes:
     if case == "wide":
         return _padded({"a": [{} for _ in range(values)]}, pad="\U0001f600")
     if case == "hostile-2mib":
-        return b"[" + b"{}," * (vmi.MAX_VMI_BYTES // 3 - 1) + b"{}]"
+        return b"[" + b"{}," * (config.MAX_VMI_BYTES // 3 - 1) + b"{}]"
     return b"[" + b"{}," * (60 * 1024 * 1024 // 3) + b"{}]"
 
 

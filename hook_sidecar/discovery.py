@@ -20,10 +20,7 @@ from typing import NamedTuple
 
 from hook_sidecar import dra, podresources, sources, sysfs
 from hook_sidecar import vmi as vmis
-from hook_sidecar.config import DiscoveryConfig as DiscoveryConfig
-from hook_sidecar.config import OnMissing as OnMissing
-from hook_sidecar.config import VerifySysfs as VerifySysfs
-from hook_sidecar.config import env_snapshot as env_snapshot
+from hook_sidecar.config import DiscoveryConfig
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
 from hook_sidecar.pci import PciAddress
 from hook_sidecar.sources import Candidates, Source, SourceInput, addresses_text

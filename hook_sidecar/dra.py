@@ -17,13 +17,12 @@ import stat
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from hook_sidecar import boundedjson, config
+from hook_sidecar import boundedjson
 from hook_sidecar import vmi as vmis
 from hook_sidecar.errors import InvalidInput
 from hook_sidecar.pci import PciAddress, PciAddressError
 from hook_sidecar.sources import Candidates, Lookup, SourceInput, dedupe
 
-DEFAULT_ROOT = config.DRA_ROOT
 PCI_BUS_ID_ATTRIBUTE = "resource.kubernetes.io/pciBusID"
 MAX_FILE_BYTES = 1024 * 1024
 MAX_FILES = 256

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from hook_sidecar import discovery
 from hook_sidecar import vmi as vmis
-from hook_sidecar.config import HookSettings as HookSettings
+from hook_sidecar.config import HookSettings
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
 from hook_sidecar.hostdevs import HostDevice, TransformResult
 from hook_sidecar.pci import PciAddress

@@ -27,8 +27,6 @@ from hook_sidecar.pci import PciAddress, PciAddressError
 from hook_sidecar.sources import Candidates, Lookup, SourceInput, dedupe
 
 COMPUTE_CONTAINER = "compute"
-DEADLINE_SECONDS = config.PODRESOURCES_DEADLINE_SECONDS
-DEFAULT_SOCKET = config.PODRESOURCES_SOCKET
 MAX_SOCKET_PATH_BYTES = 107
 """Linux's sun_path holds 108 bytes with the terminating NUL."""
 ROOT_FIX = (
@@ -100,7 +98,9 @@ def devices_of(
 
 
 def source(
-    socket_path: str | os.PathLike[str], patterns: Sequence[str], deadline: float = DEADLINE_SECONDS
+    socket_path: str | os.PathLike[str],
+    patterns: Sequence[str],
+    deadline: float = config.PODRESOURCES_DEADLINE_SECONDS,
 ) -> Callable[[SourceInput], Lookup]:
     """A discovery source that asks kubelet on ``socket_path`` for this pod's allocation."""
     where = f"kubelet PodResources at {socket_path}"

@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 import re
 
-from hook_sidecar import config
 from hook_sidecar.libvirt_values import Budget, cpuset, number
 from hook_sidecar.pci import PciAddress
 
-DEFAULT_ROOT = config.SYSFS_ROOT
 INTEL_VENDOR_ID = 0x8086
 
 # Intel QAT virtual-function device ids, as Intel's QAT device plugin lists them

@@ -14,8 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
 from hook_sidecar import boundedjson
-from hook_sidecar.config import DEFAULT_RESOURCE_PATTERNS as DEFAULT_RESOURCE_PATTERNS
-from hook_sidecar.config import MAX_VMI_BYTES as MAX_VMI_BYTES
+from hook_sidecar.config import MAX_VMI_BYTES
 from hook_sidecar.errors import InvalidInput
 
 ENABLED_ANNOTATION = "qat.vm.kubevirt.io/enabled"

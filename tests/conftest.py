@@ -26,8 +26,8 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from hook_sidecar import callbacks, logs
-from hook_sidecar.discovery import DiscoveryConfig
-from hook_sidecar.hook import HookOutcome, HookSettings
+from hook_sidecar.config import DiscoveryConfig, HookSettings
+from hook_sidecar.hook import HookOutcome
 from hook_sidecar.hostdevs import TransformOptions
 from hook_sidecar.server import HookServer, ServeConfig
 

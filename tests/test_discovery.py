@@ -12,6 +12,7 @@ import pytest
 from hook_sidecar import discovery as d
 from hook_sidecar import report, sources, sysfs
 from hook_sidecar import vmi as vmis
+from hook_sidecar.config import DEFAULT_RESOURCE_PATTERNS, DiscoveryConfig, env_snapshot
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
 from hook_sidecar.pci import PciAddress
 
@@ -39,14 +40,14 @@ def make_vmi(
 ASKS_ONE = make_vmi({"qat.intel.com/generic": "1"})
 
 
-def config(tmp_path: Path, **overrides: Any) -> d.DiscoveryConfig:
+def config(tmp_path: Path, **overrides: Any) -> DiscoveryConfig:
     values: dict[str, Any] = {
         "dra_root": tmp_path / "dra",
         "sysfs_root": tmp_path / "sys",
         "verify_sysfs": "off",
     }
     values.update(overrides)
-    return d.DiscoveryConfig(**values)
+    return DiscoveryConfig(**values)
 
 
 def addresses(found: d.Discovery) -> list[str]:
@@ -85,14 +86,14 @@ def addresses(found: d.Discovery) -> list[str]:
 def test_request_gating(
     vmi: dict[str, Any], wanted: bool, expected: int | None, reason: str
 ) -> None:
-    request = vmis.read_request(vmi, vmis.DEFAULT_RESOURCE_PATTERNS, allow_vmi_devices=False)
+    request = vmis.read_request(vmi, DEFAULT_RESOURCE_PATTERNS, allow_vmi_devices=False)
     assert (request.wanted, request.expected) == (wanted, expected)
     assert reason in request.reason
 
 
 def test_devices_annotation_counts_as_request_only_when_allowed() -> None:
     vmi = make_vmi(annotations={"qat.vm.kubevirt.io/devices": A})
-    assert vmis.read_request(vmi, vmis.DEFAULT_RESOURCE_PATTERNS, True).wanted
+    assert vmis.read_request(vmi, DEFAULT_RESOURCE_PATTERNS, True).wanted
 
 
 def test_bad_quantity() -> None:
@@ -470,9 +471,7 @@ def test_env_snapshot_keeps_what_discovery_reads() -> None:
         "HOME": "/root",
         "PATH": "/bin",
     }
-    assert d.env_snapshot(environ) == {
-        k: v for k, v in environ.items() if k not in ("HOME", "PATH")
-    }
+    assert env_snapshot(environ) == {k: v for k, v in environ.items() if k not in ("HOME", "PATH")}
 
 
 # --- host NUMA node ----------------------------------------------------------------------------

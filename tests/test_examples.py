@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hook_sidecar import config
 from hook_sidecar import vmi as vmis
 from hook_sidecar.cli import build_parser
 from hook_sidecar.pci import PciAddress
@@ -78,7 +79,7 @@ def test_hook_annotation(name: str, metadata: dict[str, Any], spec: dict[str, An
     build_parser({}).parse_args(["serve", *sidecar.get("args", [])])
     # The VMI asks for QAT in a way the hook recognises, and reserves locked memory.
     request = vmis.read_request(
-        {"metadata": metadata, "spec": spec}, vmis.DEFAULT_RESOURCE_PATTERNS, False
+        {"metadata": metadata, "spec": spec}, config.DEFAULT_RESOURCE_PATTERNS, False
     )
     assert request.wanted, name
     assert spec["domain"]["memory"]["reservedOverhead"]["memLock"] == "Required"
@@ -90,7 +91,7 @@ def test_resource_names_match_the_default_patterns() -> None:
         for section in ("requests", "limits"):
             for resource in spec["domain"]["resources"].get(section, {}):
                 if "qat" in resource:
-                    assert vmis.resource_matches(resource, vmis.DEFAULT_RESOURCE_PATTERNS), name
+                    assert vmis.resource_matches(resource, config.DEFAULT_RESOURCE_PATTERNS), name
 
 
 def test_examples_hold_no_install_objects() -> None:
@@ -170,7 +171,7 @@ def test_plugin_route_has_a_virtual_machine_you_can_log_in_to() -> None:
     metadata, spec = vmi_like(vm) or ({}, {})
     assert "hooks.kubevirt.io/hookSidecars" not in metadata.get("annotations", {})
     request = vmis.read_request(
-        {"metadata": metadata, "spec": spec}, vmis.DEFAULT_RESOURCE_PATTERNS, False
+        {"metadata": metadata, "spec": spec}, config.DEFAULT_RESOURCE_PATTERNS, False
     )
     assert request.wanted and request.expected == 1
     assert spec["domain"]["memory"]["reservedOverhead"]["memLock"] == "Required"

@@ -146,8 +146,7 @@ HELD_SERVER = textwrap.dedent(
     from pathlib import Path
 
     from hook_sidecar import callbacks, logs, server
-    from hook_sidecar.discovery import DiscoveryConfig
-    from hook_sidecar.hook import HookSettings
+    from hook_sidecar.config import DiscoveryConfig, HookSettings
     from hook_sidecar.hostdevs import TransformOptions
 
     sockets, gate = Path(sys.argv[1]), sys.argv[2]

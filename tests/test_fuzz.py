@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from hook_sidecar._generated import v1alpha3_pb2, v1alpha3_pb2_grpc
-from hook_sidecar.discovery import DiscoveryConfig
+from hook_sidecar.config import DiscoveryConfig, HookSettings
 from hook_sidecar.errors import HookError
-from hook_sidecar.hook import HookSettings, on_define_domain
+from hook_sidecar.hook import on_define_domain
 from hook_sidecar.hostdevs import TransformOptions
 from hook_sidecar.pci import PciAddress
 from hook_sidecar.server import HookServer, ServeConfig

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from hook_sidecar import hook, transform
-from hook_sidecar.discovery import Discovery, DiscoveryConfig, HostNode
+from hook_sidecar.config import DiscoveryConfig, HookSettings
+from hook_sidecar.discovery import Discovery, HostNode
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
 from hook_sidecar.hostdevs import AddedDevice, HostDevice, TransformOptions, TransformResult
 from hook_sidecar.pci import PciAddress
@@ -71,8 +72,8 @@ def vmi_json(*, memlock: bool = True, annotations: dict[str, str] | None = None)
 NOWHERE = Path(__file__).resolve().parent / "no-such-directory"
 
 
-def settings(**discovery: Any) -> hook.HookSettings:
-    return hook.HookSettings(
+def settings(**discovery: Any) -> HookSettings:
+    return HookSettings(
         DiscoveryConfig(verify_sysfs="off", dra_root=NOWHERE, sysfs_root=NOWHERE, **discovery),
         TransformOptions(managed="yes"),
         guest_addresses={A: GUEST},

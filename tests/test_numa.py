@@ -16,9 +16,9 @@ import pytest
 from lxml import etree
 
 from hook_sidecar import sysfs
-from hook_sidecar.discovery import DiscoveryConfig
+from hook_sidecar.config import DiscoveryConfig, HookSettings
 from hook_sidecar.errors import PreconditionFailed
-from hook_sidecar.hook import HookSettings, on_define_domain
+from hook_sidecar.hook import on_define_domain
 from hook_sidecar.hostdevs import ExpanderBus, HostDevice, Placement, RootPort, TransformOptions
 from hook_sidecar.libvirt_values import MAX_EXPANDED, MAX_NODES, Budget, cpuset, number
 from hook_sidecar.numa import PlacementFailed, place

@@ -32,6 +32,7 @@ from hook_sidecar import podresources
 from hook_sidecar._generated import podresources_v1_pb2 as pb
 from hook_sidecar._generated import podresources_v1_pb2_grpc as pb_grpc
 from hook_sidecar._generated import v1alpha3_pb2, v1alpha3_pb2_grpc
+from hook_sidecar.config import DiscoveryConfig, env_snapshot
 from hook_sidecar.discovery import HostNode
 from hook_sidecar.errors import InvalidInput, PreconditionFailed
 from hook_sidecar.pci import PciAddress
@@ -130,7 +131,7 @@ VMI: dict[str, Any] = {
 }
 
 
-def config(socket: Path, tmp_path: Path, **overrides: Any) -> d.DiscoveryConfig:
+def config(socket: Path, tmp_path: Path, **overrides: Any) -> DiscoveryConfig:
     values: dict[str, Any] = {
         "dra_root": tmp_path / "no-dra",
         "sysfs_root": tmp_path / "no-sys",
@@ -138,7 +139,7 @@ def config(socket: Path, tmp_path: Path, **overrides: Any) -> d.DiscoveryConfig:
         "podresources_socket": socket,
     }
     values.update(overrides)
-    return d.DiscoveryConfig(**values)
+    return DiscoveryConfig(**values)
 
 
 def found(discovery: d.Discovery) -> list[str]:
@@ -306,7 +307,7 @@ def test_hanging_kubelet_hits_the_deadline(
 
 
 def test_the_default_deadline_is_two_seconds() -> None:
-    assert d.DiscoveryConfig().podresources_deadline == 2.0
+    assert DiscoveryConfig().podresources_deadline == 2.0
 
 
 def test_socket_not_mounted_is_a_source_not_set_up(tmp_path: Path) -> None:
@@ -458,7 +459,7 @@ def test_only_the_downward_api_name_finds_the_pod(
         launcher(POD, "default", devices("qat.intel.com/generic", C, "0000:af:01.1")),
     ]
     environ = {"POD_NAME": "renamed-launcher", "POD_NAMESPACE": "default", "HOME": "/root"}
-    result = d.discover(VMI, d.env_snapshot(environ), config(socket, tmp_path))
+    result = d.discover(VMI, env_snapshot(environ), config(socket, tmp_path))
     assert found(result) == [A, B]
     assert result.detail == "pod default/renamed-launcher container compute"
     assert fake.calls == ["Get"]
@@ -474,7 +475,7 @@ def test_pod_namespace_from_the_downward_api(
     vmi = json.loads(json.dumps(VMI))
     del vmi["metadata"]["namespace"]
     vmi["spec"]["domain"]["resources"]["limits"]["qat.intel.com/generic"] = "1"
-    result = d.discover(vmi, d.env_snapshot({"POD_NAMESPACE": "tenant"}), config(socket, tmp_path))
+    result = d.discover(vmi, env_snapshot({"POD_NAMESPACE": "tenant"}), config(socket, tmp_path))
     assert found(result) == [A]
     assert fake.calls == ["List"]
 
@@ -514,10 +515,10 @@ ROOT_FIX = (
 CHILD = r"""
 import json, sys
 from pathlib import Path
-from hook_sidecar import discovery
+from hook_sidecar import config, discovery
 from hook_sidecar.errors import HookError, status_code_name
 
-cfg = discovery.DiscoveryConfig(
+cfg = config.DiscoveryConfig(
     podresources_socket=Path(sys.argv[1]), dra_root=Path("/nonexistent"), verify_sysfs="off",
     podresources_deadline=5.0,
 )

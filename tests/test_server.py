@@ -41,11 +41,11 @@ from hook_sidecar._generated import (
     v1alpha3_pb2,
     v1alpha3_pb2_grpc,
 )
+from hook_sidecar.config import MAX_VMI_BYTES
 from hook_sidecar.errors import PreconditionFailed
 from hook_sidecar.hook import HookOutcome
 from hook_sidecar.hostdevs import DEFAULT_MAX_BYTES
 from hook_sidecar.server import SocketInUse, prepare_socket
-from hook_sidecar.vmi import MAX_VMI_BYTES
 from tests.ci import skip_or_fail
 from tests.conftest import (
     EXAMPLES,

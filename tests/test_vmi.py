@@ -16,12 +16,17 @@ from hypothesis import strategies as st
 
 from hook_sidecar import boundedjson, hook
 from hook_sidecar import vmi as vmis
-from hook_sidecar.discovery import DiscoveryConfig
+from hook_sidecar.config import (
+    DEFAULT_RESOURCE_PATTERNS,
+    MAX_VMI_BYTES,
+    DiscoveryConfig,
+    HookSettings,
+)
 from hook_sidecar.errors import InvalidInput
 from hook_sidecar.hostdevs import TransformOptions
 from tests.test_discovery import make_vmi
 
-PATTERNS = vmis.DEFAULT_RESOURCE_PATTERNS
+PATTERNS = DEFAULT_RESOURCE_PATTERNS
 LIMIT_FIELD = 'spec.domain.resources.limits["qat.intel.com/generic"]'
 
 
@@ -58,8 +63,8 @@ def test_parse_bounds(raw: bytes, needle: str) -> None:
 
 
 def test_size_bound_is_checked_before_parsing() -> None:
-    at_bound = b'{"a": "' + b"x" * (vmis.MAX_VMI_BYTES - 10) + b'"}'
-    assert len(at_bound) == vmis.MAX_VMI_BYTES - 1
+    at_bound = b'{"a": "' + b"x" * (MAX_VMI_BYTES - 10) + b'"}'
+    assert len(at_bound) == MAX_VMI_BYTES - 1
     assert vmis.parse_vmi(at_bound + b" ")["a"].startswith("x")
     with pytest.raises(InvalidInput) as info:
         vmis.parse_vmi(at_bound + b"  ")
@@ -70,7 +75,7 @@ def test_size_bound_is_checked_before_parsing() -> None:
 
 
 def test_the_size_cap_fits_what_etcd_stores() -> None:
-    assert vmis.MAX_VMI_BYTES == 2 * 1024 * 1024
+    assert MAX_VMI_BYTES == 2 * 1024 * 1024
 
 
 # --- a file given to the CLI: a VMI, a VirtualMachine, or an error naming what it is -----------
@@ -179,7 +184,7 @@ GET = "kubectl get vmi NAME -o json"
         ),
         (b"---\napiVersion: v1\n", f"VMI f is not JSON (YAML is not read); pass {GET}"),
         (b'{"a": ]', "VMI f is not valid JSON: Expecting value: line 1 column 7 (char 6)"),
-        (b"x" * (vmis.MAX_VMI_BYTES + 1), "VMI JSON is over 2097152 bytes"),
+        (b"x" * (MAX_VMI_BYTES + 1), "VMI JSON is over 2097152 bytes"),
     ],
 )
 def test_a_file_that_holds_no_vmi_is_an_error_naming_what_it_holds(
@@ -293,7 +298,7 @@ def test_display_name_never_fails() -> None:
 
 def test_through_the_hook_seam_it_is_invalid_input() -> None:
     """What the server maps to INVALID_ARGUMENT: the hook raises InvalidInput, nothing else."""
-    config = hook.HookSettings(
+    config = HookSettings(
         DiscoveryConfig(verify_sysfs="off"), TransformOptions(), guest_addresses={}
     )
     for raw in (

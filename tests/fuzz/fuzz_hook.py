@@ -33,9 +33,9 @@ with atheris.instrument_imports(include=["hook_sidecar"]):
     import hook_sidecar.libvirt_values
     import hook_sidecar.numa
     import hook_sidecar.transform  # noqa: F401  (imported for its instrumentation)
-    from hook_sidecar.discovery import DiscoveryConfig
+    from hook_sidecar.config import DiscoveryConfig, HookSettings
     from hook_sidecar.errors import HookError
-    from hook_sidecar.hook import HookSettings, on_define_domain
+    from hook_sidecar.hook import on_define_domain
     from hook_sidecar.hostdevs import TransformOptions
     from hook_sidecar.pci import PciAddress
 
